@@ -1,0 +1,1 @@
+//! rae-proto: the wire contract. (Being written.)

@@ -1,0 +1,18 @@
+//! The virtual lab: a real LAN on one machine, for tests, benchmarks and the demo.
+//!
+//! Parts:
+//! - [`labdir`]: where every lab resource records its owner, and the sweep of leftovers
+//!   from crashed runs (everything a lab creates carries the `rae-lab` / `rlab` prefix).
+//! - `netlab`: a bridge with dnsmasq (DHCPv4 from 198.18.0.0/15, router advertisements
+//!   for a prefix from 2001:db8::/32) and DUTs as network namespaces on veth pairs
+//!   running real clients (udhcpc, dhclient, static IPv4, IPv6 SLAAC).
+//! - `services`: mosquitto, PostgreSQL (SERIALIZABLE by default) and Apache Kafka in KRaft
+//!   mode, each on free loopback ports with its own state directory.
+//!
+//! Everything is removed when its guard drops (on panic too), and `labdir::sweep_stale`
+//! removes what a crashed run left behind.
+//!
+//! Limitations: needs root (network namespaces, AF_PACKET); Kafka needs the jars that
+//! `scripts/setup` fetches into `tests/kafka/lib`.
+
+pub mod labdir;
