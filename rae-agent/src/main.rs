@@ -1,1 +1,91 @@
-fn main() {}
+//! `rae-agent`: parses flags and configuration, sets up logging, then runs the agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rae_agent::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_PATH};
+
+/// The RAE device registry daemon: watches the LAN port for devices under test, keeps the
+/// Local Registry in SQLite and publishes device events over MQTT.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Configuration file (TOML; unknown keys are errors).
+    #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Validate the configuration, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Override agent.serial.
+    #[arg(long, value_name = "SERIAL")]
+    serial: Option<String>,
+    /// Override agent.lan_interface.
+    #[arg(long, value_name = "IFACE")]
+    interface: Option<String>,
+    /// Override agent.state_dir.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Override mqtt.host.
+    #[arg(long, value_name = "HOST")]
+    mqtt_host: Option<String>,
+    /// Override mqtt.port.
+    #[arg(long, value_name = "PORT")]
+    mqtt_port: Option<u16>,
+    /// Override log.level (a tracing filter such as `debug` or `rae_agent=trace`).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        serial: args.serial,
+        lan_interface: args.interface,
+        state_dir: args.state_dir,
+        mqtt_host: args.mqtt_host,
+        mqtt_port: args.mqtt_port,
+        log_level: args.log_level,
+    };
+    let config = match Config::load(&args.config, &overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("rae-agent: {}", error_chain(&err));
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!(
+            "{}: configuration is valid\n{config}",
+            args.config.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    tracing::error!(
+        "this build has no capture, registry or publisher yet; only --check-config works"
+    );
+    ExitCode::from(1)
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// `error: cause: cause` on one line, as an operator reads it in the journal.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

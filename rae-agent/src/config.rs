@@ -1,0 +1,535 @@
+//! The agent's configuration: `/etc/rae-agent/config.toml`, overridden by command-line flags.
+//!
+//! Every table rejects unknown keys, so a typo is an error at start-up rather than a
+//! default silently taking its place. Durations are whole seconds in keys ending `_secs`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rae-agent/config.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Who this RAE is and which port it watches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The RAE's serial: `[A-Za-z0-9_-]{1,64}`, also its MQTT user name (the certificate CN).
+    pub serial: String,
+    /// The LAN-side interface the DUTs are plugged into.
+    pub lan_interface: String,
+    /// Holds `registry.db`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The Unix socket `raectl` sends actions to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+/// The broker connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Defaults to the serial.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Client-certificate TLS; the certificate's CN is the serial, which the broker's ACL uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Timers of the registry core.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// How often each known device is probed.
+    #[serde(default = "default_probe_interval_secs")]
+    pub probe_interval_secs: u64,
+    /// Consecutive missed probes before a device is offline (hysteresis).
+    #[serde(default = "default_offline_after_misses")]
+    pub offline_after_misses: u32,
+    /// Offline this long and the session is closed; seen again later, it gets a new session.
+    #[serde(default = "default_gone_after_secs")]
+    pub gone_after_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            probe_interval_secs: default_probe_interval_secs(),
+            offline_after_misses: default_offline_after_misses(),
+            gone_after_secs: default_gone_after_secs(),
+        }
+    }
+}
+
+/// What goes to the broker and how much may wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Periodic Snapshot of every open session (jittered).
+    #[serde(default = "default_snapshot_interval_secs")]
+    pub snapshot_interval_secs: u64,
+    #[serde(default = "default_inventory_interval_secs")]
+    pub inventory_interval_secs: u64,
+    /// Over this many bytes of unsent events, a session's pending Deltas collapse into a Snapshot.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub outbox_max_bytes: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            snapshot_interval_secs: default_snapshot_interval_secs(),
+            inventory_interval_secs: default_inventory_interval_secs(),
+            outbox_max_bytes: default_outbox_max_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `rae_agent=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rae-agent")
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/rae-agent/control.sock")
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_probe_interval_secs() -> u64 {
+    10
+}
+fn default_offline_after_misses() -> u32 {
+    3
+}
+fn default_gone_after_secs() -> u64 {
+    600
+}
+fn default_snapshot_interval_secs() -> u64 {
+    300
+}
+fn default_inventory_interval_secs() -> u64 {
+    60
+}
+fn default_outbox_max_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// Values given on the command line; each one that is set replaces the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub serial: Option<String>,
+    pub lan_interface: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub mqtt_host: Option<String>,
+    pub mqtt_port: Option<u16>,
+    pub log_level: Option<String>,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not valid: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads, parses, applies the overrides and validates.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; does not validate (see [`Config::validate`]).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: err.to_string(),
+        })
+    }
+
+    pub fn apply(&mut self, overrides: &Overrides) {
+        if let Some(serial) = &overrides.serial {
+            self.agent.serial = serial.clone();
+        }
+        if let Some(interface) = &overrides.lan_interface {
+            self.agent.lan_interface = interface.clone();
+        }
+        if let Some(dir) = &overrides.state_dir {
+            self.agent.state_dir = dir.clone();
+        }
+        if let Some(host) = &overrides.mqtt_host {
+            self.mqtt.host = host.clone();
+        }
+        if let Some(port) = overrides.mqtt_port {
+            self.mqtt.port = port;
+        }
+        if let Some(level) = &overrides.log_level {
+            self.log.level = level.clone();
+        }
+    }
+
+    /// Checks what the types cannot: names, ranges and how the timers relate.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !is_valid_serial(&self.agent.serial) {
+            return invalid(
+                "agent.serial",
+                format!(
+                    "{:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    self.agent.serial
+                ),
+            );
+        }
+        let iface = &self.agent.lan_interface;
+        // Linux interface names: at most 15 bytes, no '/', no whitespace.
+        if iface.is_empty()
+            || iface.len() > 15
+            || iface.contains('/')
+            || iface.chars().any(char::is_whitespace)
+        {
+            return invalid(
+                "agent.lan_interface",
+                format!("{iface:?} is not a Linux interface name"),
+            );
+        }
+        if self.mqtt.host.trim().is_empty() {
+            return invalid("mqtt.host", "must not be empty".into());
+        }
+        if self.mqtt.port == 0 {
+            return invalid("mqtt.port", "must be 1 to 65535".into());
+        }
+        if self.mqtt.keep_alive_secs < 5 {
+            return invalid(
+                "mqtt.keep_alive_secs",
+                format!("{} is below the minimum of 5", self.mqtt.keep_alive_secs),
+            );
+        }
+        let r = &self.registry;
+        if r.probe_interval_secs == 0 {
+            return invalid("registry.probe_interval_secs", "must be at least 1".into());
+        }
+        if r.offline_after_misses == 0 {
+            return invalid("registry.offline_after_misses", "must be at least 1".into());
+        }
+        let offline_after = r
+            .probe_interval_secs
+            .saturating_mul(u64::from(r.offline_after_misses));
+        if r.gone_after_secs <= offline_after {
+            return invalid(
+                "registry.gone_after_secs",
+                format!(
+                    "{} must be longer than probe_interval_secs x offline_after_misses ({offline_after})",
+                    r.gone_after_secs
+                ),
+            );
+        }
+        let p = &self.publish;
+        if p.snapshot_interval_secs == 0 || p.inventory_interval_secs == 0 {
+            return invalid(
+                "publish",
+                "snapshot_interval_secs and inventory_interval_secs must be at least 1".into(),
+            );
+        }
+        if p.outbox_max_bytes < 64 * 1024 {
+            return invalid(
+                "publish.outbox_max_bytes",
+                format!("{} is below the minimum of 65536", p.outbox_max_bytes),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid(
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            );
+        }
+        Ok(())
+    }
+
+    /// The MQTT client id: the configured one, else the serial.
+    pub fn client_id(&self) -> &str {
+        self.mqtt.client_id.as_deref().unwrap_or(&self.agent.serial)
+    }
+}
+
+/// `[A-Za-z0-9_-]{1,64}`, the serial as DESIGN section 3 defines it.
+fn is_valid_serial(serial: &str) -> bool {
+    (1..=64).contains(&serial.len())
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration, as `--check-config` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.registry;
+        let p = &self.publish;
+        writeln!(f, "serial              {}", self.agent.serial)?;
+        writeln!(f, "lan interface       {}", self.agent.lan_interface)?;
+        writeln!(f, "state dir           {}", self.agent.state_dir.display())?;
+        writeln!(
+            f,
+            "control socket      {}",
+            self.agent.control_socket.display()
+        )?;
+        writeln!(
+            f,
+            "mqtt                {}:{} client id {} keep-alive {} s, tls {}",
+            self.mqtt.host,
+            self.mqtt.port,
+            self.client_id(),
+            self.mqtt.keep_alive_secs,
+            if self.mqtt.tls.is_some() { "on" } else { "off" }
+        )?;
+        writeln!(
+            f,
+            "probes              every {} s, offline after {} misses, gone after {} s",
+            r.probe_interval_secs, r.offline_after_misses, r.gone_after_secs
+        )?;
+        writeln!(
+            f,
+            "publish             snapshots every {} s, inventory every {} s, outbox quota {} bytes",
+            p.snapshot_interval_secs, p.inventory_interval_secs, p.outbox_max_bytes
+        )?;
+        write!(
+            f,
+            "log                 {} ({:?})",
+            self.log.level, self.log.format
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [agent]
+        serial = "RAE-0001"
+        lan_interface = "lan0"
+        [mqtt]
+        host = "broker.lab"
+    "#;
+
+    fn parse_valid(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn expect_invalid(text: &str, key: &str) {
+        match parse_valid(text) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("expected {key} to be rejected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let config = parse_valid(MINIMAL).expect("minimal config is valid");
+        assert_eq!(config.mqtt.port, 1883);
+        assert_eq!(config.client_id(), "RAE-0001");
+        assert_eq!(config.registry.probe_interval_secs, 10);
+        assert_eq!(config.registry.offline_after_misses, 3);
+        assert_eq!(config.registry.gone_after_secs, 600);
+        assert_eq!(config.agent.state_dir, Path::new("/var/lib/rae-agent"));
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_spells_out_the_defaults() {
+        let example = parse_valid(include_str!("../config.example.toml"))
+            .expect("config.example.toml must stay valid");
+        let mut minimal = parse_valid(MINIMAL).expect("minimal config is valid");
+        minimal.mqtt.host = example.mqtt.host.clone();
+        assert_eq!(example, minimal, "the example must show the real defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_in_every_table() {
+        for (table, extra) in [
+            ("[agent]", "colour = \"blue\""),
+            ("[mqtt]", "hostname = \"x\""),
+        ] {
+            let text = MINIMAL.replace(table, &format!("{table}\n{extra}"));
+            let err = Config::parse(&text).expect_err("unknown key must fail");
+            assert!(
+                err.to_string().contains("unknown field"),
+                "error should name the unknown field: {err}"
+            );
+        }
+        let text = format!("{MINIMAL}\n[registry]\ngone_after = 5\n");
+        assert!(Config::parse(&text).is_err());
+        let text = format!("{MINIMAL}\n[surprise]\nx = 1\n");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        let err = Config::parse("[agent]\nserial = \"A\"\n").expect_err("no mqtt table");
+        let text = err.to_string();
+        assert!(
+            text.contains("lan_interface") || text.contains("mqtt"),
+            "error should name what is missing: {text}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = \"x\"");
+        assert!(Config::parse(&text).is_err());
+        let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = 70000");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_key() {
+        expect_invalid(&MINIMAL.replace("RAE-0001", "rae/0001"), "agent.serial");
+        expect_invalid(&MINIMAL.replace("RAE-0001", ""), "agent.serial");
+        expect_invalid(
+            &MINIMAL.replace("RAE-0001", &"x".repeat(65)),
+            "agent.serial",
+        );
+        expect_invalid(
+            &MINIMAL.replace("lan0", "a-very-long-interface-name"),
+            "agent.lan_interface",
+        );
+        expect_invalid(&MINIMAL.replace("broker.lab", " "), "mqtt.host");
+        expect_invalid(
+            &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 0\n"),
+            "registry.probe_interval_secs",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[registry]\noffline_after_misses = 0\n"),
+            "registry.offline_after_misses",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 10\ngone_after_secs = 30\n"),
+            "registry.gone_after_secs",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[publish]\noutbox_max_bytes = 10\n"),
+            "publish.outbox_max_bytes",
+        );
+        expect_invalid(&format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level");
+    }
+
+    #[test]
+    fn overrides_replace_file_values_and_are_validated() {
+        let mut config = Config::parse(MINIMAL).expect("parses");
+        config.apply(&Overrides {
+            serial: Some("RAE-9".into()),
+            mqtt_port: Some(8883),
+            lan_interface: Some("br0".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(config.agent.serial, "RAE-9");
+        assert_eq!(config.mqtt.port, 8883);
+        assert_eq!(config.agent.lan_interface, "br0");
+        config.apply(&Overrides {
+            serial: Some("bad serial".into()),
+            ..Overrides::default()
+        });
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn load_names_the_file_in_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.toml");
+        let err = Config::load(&missing, &Overrides::default()).expect_err("missing file");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[agent\n").expect("write");
+        let err = Config::load(&bad, &Overrides::default()).expect_err("bad toml");
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, MINIMAL).expect("write");
+        let config = Config::load(&good, &Overrides::default()).expect("good config loads");
+        assert_eq!(config.agent.serial, "RAE-0001");
+    }
+}
