@@ -58,3 +58,6 @@ pub fn owner_of(dir_name: &str) -> Option<u32> {
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// The sweep of leftovers from crashed runs lives with the rest of the sweep code.
+pub use crate::sweep::sweep_stale;

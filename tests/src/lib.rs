@@ -16,3 +16,6 @@
 //! `scripts/setup` fetches into `tests/kafka/lib`.
 
 pub mod labdir;
+pub mod netlab;
+pub mod services;
+pub mod sweep;
