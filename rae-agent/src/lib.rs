@@ -3,6 +3,7 @@
 //! Parts:
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
+//! - [`registry`]: the sans-IO registry core (Observations in, Changes out).
 //! - [`wire`]: pure parsers and emitters for the frames the agent sniffs and sends
 //!   (Ethernet with 802.1Q, ARP, DHCPv4, ICMPv6 neighbour discovery).
 //!
@@ -10,4 +11,5 @@
 //! publisher are not written yet; the daemon validates its configuration and stops there.
 
 pub mod config;
+pub mod registry;
 pub mod wire;
