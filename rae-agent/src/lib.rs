@@ -10,6 +10,8 @@
 //! Limitations: capture, the registry core, the SQLite store, probes and the MQTT
 //! publisher are not written yet; the daemon validates its configuration and stops there.
 
+pub mod capture;
 pub mod config;
 pub mod registry;
+pub mod store;
 pub mod wire;

@@ -1,0 +1,1 @@
+//! The SQLite owner: registry rows, sessions, history and the outbox (being written).
