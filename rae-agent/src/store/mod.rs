@@ -1,1 +1,187 @@
-//! The SQLite owner: registry rows, sessions, history and the outbox (being written).
+//! The store: the only owner of the registry database (`/var/lib/rae-agent/registry.db`).
+//!
+//! Parts:
+//! - [`Store`] (`registry.rs`): the read-write SQLite connection. [`Store::commit`] applies a
+//!   batch of registry [`Change`]s in one transaction: session rows, the event history and the
+//!   outbox rows the publisher sends (transactional outbox). Also restores open sessions for
+//!   the registry core after a restart.
+//! - `outbox.rs`: the publisher's drain API (peek in order, ack after PUBACK, stats) and the
+//!   byte quota, enforced by coalescing a session's pending events into one Snapshot.
+//! - [`quota`]: the pure coalescing policy; [`CommitBatcher`] (`batch.rs`): the pure grouped
+//!   commit policy (`now` is an argument).
+//! - `apply.rs`: the pure rules that turn a Change into a session update, a history entry and
+//!   an encoded event; shared by [`Store`] and its in-memory twin [`MemoryStore`].
+//! - [`StoreReader`] (`reader.rs`): read-only queries for `raectl` (devices, one device with its
+//!   history, events since an id, outbox depth, the status the daemon writes).
+//! - [`StoreHandle`] (`thread.rs`): runs a [`RegistryStore`] on its own thread behind a bounded
+//!   channel, so blocking SQLite work stays off the async workers.
+//! - `schema.rs`: the schema and its migrations, versioned by `PRAGMA user_version`.
+//!
+//! Limitations:
+//! - A session row of a closed session is kept until [`StoreOptions::closed_sessions_max`]
+//!   newer closed sessions exist, then deleted with its history.
+//! - Coalescing cannot shrink the outbox below one Snapshot plus one Closed per session with
+//!   pending events, nor touch rows already handed to the publisher; when that is still over
+//!   the quota the overrun is counted (`outbox_quota_unmet`) and reported, not hidden.
+//! - Opening the database read-only needs its `-shm` file to exist or the directory to be
+//!   writable (SQLite's rule for WAL readers); `raectl` runs as root on the RAE.
+
+mod apply;
+mod batch;
+mod error;
+mod memory;
+mod outbox;
+pub mod quota;
+mod reader;
+mod registry;
+mod schema;
+mod thread;
+
+use std::time::Duration;
+
+use rae_proto::{CloseReason, DeviceRecord, Mac, Serial, SessionId};
+
+use crate::registry::Change;
+
+pub use apply::{describe_field, HistoryKind};
+pub use batch::CommitBatcher;
+pub use error::{ChangeError, StoreError};
+pub use memory::MemoryStore;
+pub use outbox::{COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET};
+pub use reader::{
+    DeviceQuery, DeviceQueryParseError, DeviceRow, HistoryRow, StatusEntry, StoreReader,
+};
+pub use registry::Store;
+pub use schema::SCHEMA_VERSION;
+pub use thread::{StoreHandle, StoreThreadOptions};
+
+/// The registry's persistence, as the daemon's store thread uses it: the SQLite [`Store`], or
+/// the [`MemoryStore`] twin in tests of the logic above it.
+pub trait RegistryStore {
+    /// Applies `changes` in order, all or nothing, with `now_ms` as the RAE wall clock.
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        serial: &Serial,
+        now_ms: i64,
+    ) -> Result<CommitReport, StoreError>;
+
+    /// The sessions that are open, for the registry core to resume with.
+    fn open_sessions(&self) -> Result<Vec<RestoredSession>, StoreError>;
+
+    /// Up to `limit` outbox rows with an id above `after_id`, oldest first. The rows returned
+    /// are in flight from now on: the quota never coalesces them, so peek only what is about
+    /// to be sent.
+    fn outbox_peek(&mut self, after_id: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Deletes the acknowledged rows; unknown ids are ignored (an ack may repeat after a
+    /// reconnect). Returns how many rows were deleted.
+    fn outbox_ack(&mut self, ids: &[i64]) -> Result<usize, StoreError>;
+
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Sets status entries for `raectl status` (capture counters, drops, broker connection).
+    fn write_status(&mut self, entries: &[(String, String)], now_ms: i64)
+        -> Result<(), StoreError>;
+}
+
+/// Limits of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Over this many payload bytes pending, sessions' events coalesce into Snapshots.
+    pub outbox_max_bytes: u64,
+    /// The history keeps about this many newest rows (at most an eighth more between trims).
+    pub history_max_rows: u64,
+    /// Closed sessions kept for `raectl devices --all`; older ones are deleted.
+    pub closed_sessions_max: u64,
+    /// How long a statement waits for a lock held by another connection.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            outbox_max_bytes: 16 * 1024 * 1024,
+            history_max_rows: 10_000,
+            closed_sessions_max: 10_000,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The defaults with the configured outbox quota.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        StoreOptions {
+            outbox_max_bytes: config.publish.outbox_max_bytes,
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Outbox rows appended (events to publish).
+    pub events: usize,
+    /// History rows appended, coalescing records included.
+    pub history_rows: usize,
+    /// Sessions whose pending events were coalesced because the outbox was over its quota.
+    pub coalesced: Vec<Coalescing>,
+    /// The outbox is still over its quota after coalescing everything it may.
+    pub quota_unmet: bool,
+    /// The outbox after the commit.
+    pub outbox: OutboxStats,
+}
+
+/// One session's pending events replaced by one Snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coalescing {
+    pub session: SessionId,
+    /// How many pending events the Snapshot replaced.
+    pub events: u64,
+    /// The lowest and highest seq replaced; the Snapshot carries `last_seq`.
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Depth of the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub rows: u64,
+    pub bytes: u64,
+    /// When the row at the head of the queue was created (RAE wall clock, unix ms).
+    pub oldest_created_ms: Option<i64>,
+}
+
+/// One event waiting for its PUBACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Queue position; ack with it.
+    pub id: i64,
+    pub session: SessionId,
+    pub seq: u64,
+    pub topic: String,
+    /// The encoded rae-proto Envelope, ready to publish.
+    pub payload: Vec<u8>,
+    pub created_ms: i64,
+}
+
+/// An open session as it was last committed, for the registry core to resume with the same
+/// session id and seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredSession {
+    pub session: SessionId,
+    pub mac: Mac,
+    pub record: DeviceRecord,
+    /// The seq of the session's latest event; the next one is `last_seq + 1`.
+    pub last_seq: u64,
+    pub opened_ms: i64,
+}
+
+/// How a session ended, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closure {
+    pub at_ms: i64,
+    pub reason: CloseReason,
+}

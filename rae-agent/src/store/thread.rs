@@ -1,0 +1,338 @@
+//! The store thread: owns a [`RegistryStore`] and serves it over a bounded channel, so that
+//! blocking SQLite work never runs on an async worker thread.
+//!
+//! Changes are grouped by a [`CommitBatcher`]; a full channel makes `submit` wait, which is the
+//! back-pressure the registry core feels when the flash is slow. A failed commit stops the
+//! thread: it means a bug in the core or a failing disk, and the daemon restarts from what was
+//! committed. Its error comes out of [`StoreThread::finished`]; requests after it get
+//! [`StoreError::ThreadStopped`].
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rae_proto::Serial;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::batch::CommitBatcher;
+use super::error::StoreError;
+use super::{CommitReport, OutboxRow, OutboxStats, RegistryStore, RestoredSession};
+use crate::registry::Change;
+
+/// How the store thread groups commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreThreadOptions {
+    /// Requests that may wait in the channel.
+    pub channel_capacity: usize,
+    /// Longest wait of an event to publish before its commit.
+    pub max_delay: Duration,
+    /// Longest wait of a local-only change (`Seen`) before its commit.
+    pub local_delay: Duration,
+    /// A batch this large is committed at once.
+    pub max_changes: usize,
+}
+
+impl Default for StoreThreadOptions {
+    fn default() -> Self {
+        StoreThreadOptions {
+            channel_capacity: 1024,
+            max_delay: Duration::from_millis(100),
+            local_delay: Duration::from_secs(2),
+            max_changes: 1000,
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Request {
+    Changes(Vec<Change>),
+    Flush(Reply<Option<CommitReport>>),
+    OpenSessions(Reply<Vec<RestoredSession>>),
+    OutboxPeek {
+        after_id: i64,
+        limit: usize,
+        reply: Reply<Vec<OutboxRow>>,
+    },
+    OutboxAck {
+        ids: Vec<i64>,
+        reply: Reply<usize>,
+    },
+    OutboxStats(Reply<OutboxStats>),
+    WriteStatus {
+        entries: Vec<(String, String)>,
+        reply: Reply<()>,
+    },
+    Shutdown(Reply<()>),
+}
+
+/// A cheap, cloneable handle to the store thread.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    requests: mpsc::Sender<Request>,
+    outbox: watch::Receiver<OutboxStats>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Request::Changes(_) => "Changes",
+            Request::Flush(_) => "Flush",
+            Request::OpenSessions(_) => "OpenSessions",
+            Request::OutboxPeek { .. } => "OutboxPeek",
+            Request::OutboxAck { .. } => "OutboxAck",
+            Request::OutboxStats(_) => "OutboxStats",
+            Request::WriteStatus { .. } => "WriteStatus",
+            Request::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+/// The running thread; [`StoreThread::finished`] says how it ended.
+#[derive(Debug)]
+pub struct StoreThread {
+    done: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+impl StoreThread {
+    /// Waits for the thread to end: after [`StoreHandle::shutdown`], after every handle was
+    /// dropped (pending changes are committed first), or after a failed commit.
+    pub async fn finished(self) -> Result<(), StoreError> {
+        self.done.await.unwrap_or(Err(StoreError::ThreadStopped))
+    }
+}
+
+impl StoreHandle {
+    /// Starts the thread that owns `store`; events are published as RAE `serial`.
+    pub fn spawn<S>(
+        store: S,
+        serial: Serial,
+        options: StoreThreadOptions,
+    ) -> Result<(StoreHandle, StoreThread), StoreError>
+    where
+        S: RegistryStore + Send + 'static,
+    {
+        let initial = store.outbox_stats()?;
+        let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
+        let (stats, outbox) = watch::channel(initial);
+        let (done_tx, done) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(StoreError::Spawn)?;
+        let batcher =
+            CommitBatcher::new(options.max_delay, options.local_delay, options.max_changes);
+        let worker = Worker {
+            store,
+            serial,
+            batcher,
+            stats,
+            quota_unmet: false,
+        };
+        std::thread::Builder::new()
+            .name("rae-store".into())
+            .spawn(move || {
+                let result = runtime.block_on(worker.run(receiver));
+                if let Err(err) = &result {
+                    tracing::error!(cause = %error_chain(err), "store thread stopped");
+                }
+                // The receiver may be gone when nobody waits for the outcome.
+                let _ = done_tx.send(result);
+            })
+            .map_err(StoreError::Spawn)?;
+        Ok((StoreHandle { requests, outbox }, StoreThread { done }))
+    }
+
+    /// Queues Changes for the next grouped commit; waits while the channel is full.
+    pub async fn submit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.requests
+            .send(Request::Changes(changes))
+            .await
+            .map_err(|_| StoreError::ThreadStopped)
+    }
+
+    /// Commits the queued Changes now; `None` when there were none.
+    pub async fn flush(&self) -> Result<Option<CommitReport>, StoreError> {
+        self.call(Request::Flush).await
+    }
+
+    pub async fn open_sessions(&self) -> Result<Vec<RestoredSession>, StoreError> {
+        self.call(Request::OpenSessions).await
+    }
+
+    /// See [`RegistryStore::outbox_peek`].
+    pub async fn outbox_peek(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.call(|reply| Request::OutboxPeek {
+            after_id,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn outbox_ack(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+        self.call(|reply| Request::OutboxAck { ids, reply }).await
+    }
+
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.call(Request::OutboxStats).await
+    }
+
+    /// Watches the outbox: changes after every commit and ack, so the publisher can wait for
+    /// new rows instead of polling.
+    pub fn outbox_watch(&self) -> watch::Receiver<OutboxStats> {
+        self.outbox.clone()
+    }
+
+    pub async fn write_status(&self, entries: Vec<(String, String)>) -> Result<(), StoreError> {
+        self.call(|reply| Request::WriteStatus { entries, reply })
+            .await
+    }
+
+    /// Commits what is queued and stops the thread, whatever other handles exist.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.call(Request::Shutdown).await
+    }
+
+    async fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, StoreError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(request(reply))
+            .await
+            .map_err(|_| StoreError::ThreadStopped)?;
+        response.await.unwrap_or(Err(StoreError::ThreadStopped))
+    }
+}
+
+struct Worker<S> {
+    store: S,
+    serial: Serial,
+    batcher: CommitBatcher,
+    stats: watch::Sender<OutboxStats>,
+    quota_unmet: bool,
+}
+
+impl<S: RegistryStore> Worker<S> {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) -> Result<(), StoreError> {
+        loop {
+            let request = match self.batcher.deadline() {
+                None => requests.recv().await,
+                Some(deadline) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    match tokio::time::timeout_at(deadline, requests.recv()).await {
+                        Ok(request) => request,
+                        Err(_elapsed) => {
+                            self.flush()?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(request) = request else {
+                self.flush()?;
+                return Ok(());
+            };
+            match request {
+                Request::Changes(changes) => {
+                    let now = Instant::now();
+                    self.batcher.push(changes, now);
+                    if self.batcher.is_due(now) {
+                        self.flush()?;
+                    }
+                }
+                Request::Flush(reply) => {
+                    let report = self.flush()?;
+                    let _ = reply.send(Ok(report));
+                }
+                Request::OpenSessions(reply) => {
+                    let _ = reply.send(self.store.open_sessions());
+                }
+                Request::OutboxPeek {
+                    after_id,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.store.outbox_peek(after_id, limit));
+                }
+                Request::OutboxAck { ids, reply } => {
+                    let result = self.store.outbox_ack(&ids);
+                    if result.is_ok() {
+                        self.publish_stats()?;
+                    }
+                    let _ = reply.send(result);
+                }
+                Request::OutboxStats(reply) => {
+                    let _ = reply.send(self.store.outbox_stats());
+                }
+                Request::WriteStatus { entries, reply } => {
+                    let _ = reply.send(self.store.write_status(&entries, now_ms()));
+                }
+                Request::Shutdown(reply) => {
+                    self.flush()?;
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Commits the batch; an error ends the thread (see the module documentation).
+    fn flush(&mut self) -> Result<Option<CommitReport>, StoreError> {
+        if self.batcher.is_empty() {
+            return Ok(None);
+        }
+        let changes = self.batcher.take();
+        let report = self.store.commit(&changes, &self.serial, now_ms())?;
+        if !report.coalesced.is_empty() {
+            // One line per commit; the history keeps each session's details.
+            tracing::warn!(
+                sessions = report.coalesced.len(),
+                events = report.coalesced.iter().map(|c| c.events).sum::<u64>(),
+                bytes = report.outbox.bytes,
+                "outbox over its quota: pending events coalesced into Snapshots"
+            );
+        }
+        // Logged on the transition only: a long broker outage must not flood the log.
+        if report.quota_unmet != self.quota_unmet {
+            self.quota_unmet = report.quota_unmet;
+            match report.quota_unmet {
+                true => tracing::warn!(
+                    rows = report.outbox.rows,
+                    bytes = report.outbox.bytes,
+                    "outbox stays over its quota after coalescing all it may"
+                ),
+                false => {
+                    tracing::info!(bytes = report.outbox.bytes, "outbox back within its quota")
+                }
+            }
+        }
+        self.stats.send_replace(report.outbox);
+        Ok(Some(report))
+    }
+
+    fn publish_stats(&mut self) -> Result<(), StoreError> {
+        self.stats.send_replace(self.store.outbox_stats()?);
+        Ok(())
+    }
+}
+
+/// The RAE wall clock, unix ms (0 if the clock is before 1970).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
