@@ -4,6 +4,8 @@
 //! (which owns the per-session counters, restored from the store at start-up), so the store
 //! only has to write what it is given, in one transaction with the matching outbox rows.
 
+use std::net::Ipv4Addr;
+
 use rae_proto::{CloseReason, DeviceRecord, Field, Mac, SessionId};
 
 /// Why the core made a Change: the frame or timer behind it, kept in the event history that
@@ -56,6 +58,41 @@ pub enum Change {
         session: SessionId,
         last_seen_ms: i64,
     },
+    /// This session's IPv4 address is claimed by other MACs too. Local-only: recorded in the
+    /// session's history (`raectl show`), never published. Each session involved gets its own
+    /// Conflict, so every history tells the whole story.
+    Conflict {
+        session: SessionId,
+        mac: Mac,
+        ip: Ipv4Addr,
+        /// The other MACs involved, sorted.
+        others: Vec<Mac>,
+        kind: ConflictKind,
+        cause: Cause,
+    },
+}
+
+/// What happened to an IPv4 address that more than one MAC claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// A MAC claimed an address that another live session holds; both keep it.
+    Claimed,
+    /// The address moved: the DHCP server gave it to another MAC, or the holder was offline
+    /// when another MAC claimed it. The previous holder's record loses it (a Delta).
+    Reassigned,
+    /// The claims kept alternating between the holders: `flips` changes of claimant since
+    /// the previous note about this address.
+    FlipFlop { flips: u32 },
+}
+
+impl ConflictKind {
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            ConflictKind::Claimed => "claimed",
+            ConflictKind::Reassigned => "reassigned",
+            ConflictKind::FlipFlop { .. } => "flip_flop",
+        }
+    }
 }
 
 impl Change {
@@ -65,7 +102,8 @@ impl Change {
             | Change::Updated { session, .. }
             | Change::Snapshot { session, .. }
             | Change::Closed { session, .. }
-            | Change::Seen { session, .. } => *session,
+            | Change::Seen { session, .. }
+            | Change::Conflict { session, .. } => *session,
         }
     }
 
@@ -76,7 +114,7 @@ impl Change {
             | Change::Updated { seq, .. }
             | Change::Snapshot { seq, .. }
             | Change::Closed { seq, .. } => Some(*seq),
-            Change::Seen { .. } => None,
+            Change::Seen { .. } | Change::Conflict { .. } => None,
         }
     }
 }

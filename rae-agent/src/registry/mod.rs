@@ -1,5 +1,35 @@
 //! The registry core: a sans-IO state machine from Observations to Changes.
+//!
+//! Parts:
+//! - [`observation`]: [`Observation`]s, what a frame, probe answer or fetched description says
+//!   about one device, and [`observations_from_frame`], the pure map from parsed frames.
+//! - [`core`]: the [`Core`] state machine: `apply`, `act`, `tick`, `due_probes`; its rules
+//!   (sessions, reachability hysteresis, RTT, Snapshots) are in that module's documentation.
+//! - `conflict`: IPv4 addresses claimed by several MACs, and the flip-flop damping rule.
+//! - [`schedule`]: [`CoreConfig`] and the per-session probe and Snapshot grid.
+//! - [`change`]: the [`Change`]s the core emits for the store and the publisher.
+//! - [`ids`]: where session ids come from ([`RandomSessionIds`], [`SeededSessionIds`]).
+//! - [`oui`]: the embedded IEEE OUI table behind the record's `vendor`.
+//!
+//! Limitations: IPv6 addresses are not checked for conflicts (duplicate address detection
+//! is the hosts' own); ESNs come only from actions, not yet from DIAL additional data; DHCP
+//! option 81 (client FQDN) is not used as a host name.
 
 pub mod change;
+mod conflict;
+pub mod core;
+pub mod ids;
+pub mod observation;
+pub mod oui;
+pub mod schedule;
+mod session;
 
-pub use change::{Cause, Change};
+pub use self::core::{Action, ActionError, Core, CoreState, ProbeRequest, SessionView};
+pub use change::{Cause, Change, ConflictKind};
+pub use ids::{RandomSessionIds, SeededSessionIds, SessionIds};
+pub use observation::{
+    observations_from_frame, ArpKind, DhcpClient, DhcpMessage, NdpKind, Observation,
+    ObservationKind, SsdpKind,
+};
+pub use schedule::{CoreConfig, CoreConfigError};
+pub use session::RestoredSession;

@@ -34,6 +34,8 @@ pub enum HistoryKind {
     Closed,
     /// The outbox replaced pending events of the session by one Snapshot (detail lost).
     Coalesced,
+    /// Another MAC claimed this session's IPv4 address (local only, never published).
+    Conflict,
 }
 
 impl HistoryKind {
@@ -44,6 +46,7 @@ impl HistoryKind {
             Self::Snapshot => "snapshot",
             Self::Closed => "closed",
             Self::Coalesced => "coalesced",
+            Self::Conflict => "conflict",
         }
     }
 }
@@ -57,6 +60,7 @@ impl FromStr for HistoryKind {
             Self::Snapshot,
             Self::Closed,
             Self::Coalesced,
+            Self::Conflict,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -263,6 +267,31 @@ pub(crate) fn apply_change(
                 state,
                 is_new: false,
                 history: None,
+                event: None,
+            })
+        }
+        Change::Conflict {
+            session,
+            mac,
+            ip,
+            others,
+            kind,
+            cause,
+        } => {
+            let state = open_session(current, *session)?;
+            check_mac(&state, *mac)?;
+            let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+            Ok(Applied {
+                history: Some(HistoryEntry {
+                    session: *session,
+                    seq: None,
+                    at_ms: cause.at_ms,
+                    kind: HistoryKind::Conflict,
+                    summary: cause.summary.clone(),
+                    fields: format!("{}: ipv4={ip} others={}", kind.as_str(), others.join(",")),
+                }),
+                state,
+                is_new: false,
                 event: None,
             })
         }

@@ -1,0 +1,217 @@
+//! IPv4 addresses claimed by more than one MAC.
+//!
+//! A session's `ipv4` is the address its device last used (ARP sender, DHCP ciaddr, a probe
+//! answer) or was given by the DHCP server (ACK). When that address is another open
+//! session's too:
+//! - **Reassigned**: if the DHCP server gave it to the new MAC, or the other holder is
+//!   offline, the other holder loses it (a Delta with `ipv4: None`). This is what a DUT whose
+//!   MAC changed looks like: the old session shows the address leaving, goes offline and is
+//!   Closed after `gone_after`; the new MAC has its own session with the address.
+//! - **Claimed**: if the other holder is online and the claim came from the device itself
+//!   (two live devices with one static address), both keep the address: the records stay
+//!   as they are, and a `Conflict` note goes to the history of every session involved.
+//! - **Flip-flop** (damping): while both keep claiming, every change of claimant is a flip.
+//!   The records never change for a flip, so flips cost no Delta at all. The first flip of
+//!   a conflict is noted at once; after that at most one note per `conflict_note_interval`,
+//!   carrying the number of flips since the previous note (flips after the last note of a
+//!   conflict that then ends are not noted).
+//!
+//! Conflict notes are local-only Changes: the store records them in each session's history
+//! for `raectl show`; nothing is published. The flip counter is memory only: after a
+//! restart a conflict still present is known again from the records (no new Claimed note),
+//! and its flips are counted afresh.
+
+use std::net::Ipv4Addr;
+
+use rae_proto::{Liveness, Mac};
+
+use super::change::{Cause, Change, ConflictKind};
+use super::core::{publish_update, Core};
+use super::ids::SessionIds;
+use super::session::Ipv4Claim;
+
+/// A contested address: who claimed it last and the flips not yet noted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Contest {
+    last_claimant: Mac,
+    flips: u32,
+    last_flip_note_ms: Option<i64>,
+}
+
+impl Contest {
+    fn new(claimant: Mac) -> Contest {
+        Contest {
+            last_claimant: claimant,
+            flips: 0,
+            last_flip_note_ms: None,
+        }
+    }
+}
+
+impl<I: SessionIds> Core<I> {
+    /// Gives `mac`'s session the address `claim` names and settles it with the other
+    /// sessions. Returns the other sessions' Deltas and every Conflict note; `mac`'s own
+    /// change is the caller's to publish.
+    pub(super) fn settle_claim(
+        &mut self,
+        mac: Mac,
+        claim: Option<Ipv4Claim>,
+        now: i64,
+        cause: &Cause,
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        let Some(claim) = claim else {
+            return out;
+        };
+        let Some(claimant) = self.sessions.get_mut(&mac) else {
+            return out;
+        };
+        let (ip, authoritative) = match claim {
+            Ipv4Claim::Released(ip) => {
+                if claimant.record.ipv4 == Some(ip) {
+                    claimant.record.ipv4 = None;
+                }
+                return out;
+            }
+            Ipv4Claim::Uses(ip) => (ip, false),
+            Ipv4Claim::Assigned(ip) => (ip, true),
+        };
+        let joined = claimant.record.ipv4 != Some(ip);
+        claimant.record.ipv4 = Some(ip);
+        let claimant_id = claimant.id;
+
+        let mut live = Vec::new();
+        let holders: Vec<Mac> = self
+            .sessions
+            .iter()
+            .filter(|(other, s)| **other != mac && s.record.ipv4 == Some(ip))
+            .map(|(other, _)| *other)
+            .collect();
+        for holder in holders {
+            let Some(session) = self.sessions.get_mut(&holder) else {
+                continue;
+            };
+            let offline = session.record.reachability.state == Liveness::Offline;
+            if !(authoritative || offline) {
+                live.push(holder);
+                continue;
+            }
+            let why = if authoritative {
+                "the DHCP server assigned it"
+            } else {
+                "this device was offline"
+            };
+            let before = session.record.clone();
+            session.record.ipv4 = None;
+            let lost = Cause {
+                at_ms: cause.at_ms,
+                summary: format!("{ip} now used by {mac}: {why}"),
+            };
+            publish_update(session, &before, lost.clone(), &mut out);
+            out.push(note(
+                session.id,
+                holder,
+                ip,
+                vec![mac],
+                ConflictKind::Reassigned,
+                lost,
+            ));
+            let took = Cause {
+                at_ms: cause.at_ms,
+                summary: format!("{ip} taken over from {holder}: {}", cause.summary),
+            };
+            out.push(note(
+                claimant_id,
+                mac,
+                ip,
+                vec![holder],
+                ConflictKind::Reassigned,
+                took,
+            ));
+        }
+        if live.is_empty() {
+            self.contests.remove(&ip);
+            return out;
+        }
+
+        let kind = if joined {
+            self.contests.insert(ip, Contest::new(mac));
+            ConflictKind::Claimed
+        } else {
+            let contest = self.contests.entry(ip).or_insert_with(|| Contest::new(mac));
+            if contest.last_claimant == mac {
+                return out;
+            }
+            contest.last_claimant = mac;
+            contest.flips = contest.flips.saturating_add(1);
+            let due = contest.last_flip_note_ms.map_or(true, |last| {
+                now.saturating_sub(last) >= self.timers.conflict_note_ms
+            });
+            if !due {
+                return out;
+            }
+            let flips = contest.flips;
+            contest.flips = 0;
+            contest.last_flip_note_ms = Some(now);
+            ConflictKind::FlipFlop { flips }
+        };
+        let mut group = live;
+        group.push(mac);
+        group.sort();
+        let summary = match kind {
+            ConflictKind::FlipFlop { flips } => {
+                format!("{ip} flip-flopped {flips} times; now {}", cause.summary)
+            }
+            _ => format!(
+                "{ip} claimed by {} live devices: {}",
+                group.len(),
+                cause.summary
+            ),
+        };
+        for member in &group {
+            let Some(session) = self.sessions.get(member) else {
+                continue;
+            };
+            let others = group.iter().filter(|m| *m != member).copied().collect();
+            let cause = Cause {
+                at_ms: cause.at_ms,
+                summary: summary.clone(),
+            };
+            out.push(note(session.id, *member, ip, others, kind, cause));
+        }
+        out
+    }
+
+    /// Forgets contests that no longer have two holders.
+    pub(super) fn prune_contests(&mut self) {
+        if self.contests.is_empty() {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.contests.retain(|ip, _| {
+            sessions
+                .values()
+                .filter(|s| s.record.ipv4 == Some(*ip))
+                .nth(1)
+                .is_some()
+        });
+    }
+}
+
+fn note(
+    session: rae_proto::SessionId,
+    mac: Mac,
+    ip: Ipv4Addr,
+    others: Vec<Mac>,
+    kind: ConflictKind,
+    cause: Cause,
+) -> Change {
+    Change::Conflict {
+        session,
+        mac,
+        ip,
+        others,
+        kind,
+        cause,
+    }
+}

@@ -1,0 +1,650 @@
+//! The registry core: a sans-IO state machine from Observations, operator actions and the
+//! passing of time to [`Change`]s.
+//!
+//! Nothing here reads a clock, draws a random number or touches a socket: time comes in as
+//! `now_ms` (unix ms), new session ids from the [`SessionIds`] the core was given. The same
+//! inputs in the same order therefore give the same Changes.
+//!
+//! The rules (the module docs of `schedule` and `conflict` hold the timer and conflict ones):
+//! - Identity is the MAC: one open session per MAC. A frame from an unknown MAC opens a
+//!   session (`Opened`, seq 1). Only observations from the device itself open one; a DHCP ACK
+//!   or an mDNS-resolved name only fills in a session that exists.
+//! - Reachability: a frame of any kind from the device is proof of life. A device goes
+//!   offline when `offline_after_misses` consecutive probe rounds (see `schedule`) passed
+//!   their timeout without a frame from it, and online again at its next frame, each a Delta
+//!   carrying `reachability`. One missed round changes nothing.
+//! - A session is Closed (`Gone`) once its device was not heard for `gone_after`; a frame
+//!   after that opens a new session. A frame that arrives after the deadline but before the
+//!   tick that would have closed the session closes it first, so the outcome does not depend
+//!   on how often `tick` runs.
+//! - Deltas carry the fields that changed, `last_seen_ms` included when it moved; a frame that
+//!   moves only `last_seen_ms` gives a local [`Change::Seen`] instead.
+//! - Probe RTT: the record's `reachability.rtt_us` follows every answered probe in the core's
+//!   copy, but a new RTT alone never makes a Delta (that would publish every device every
+//!   probe interval). It reaches the cloud with the next event that carries `reachability`:
+//!   an online/offline transition or a Snapshot. The store's copy of the RTT is therefore as
+//!   of the last published event, and so is the RTT after a restart.
+//! - Periodic Snapshots: each session has its own slot in the Snapshot interval (from its id),
+//!   skipped when the whole record went out less than half an interval before.
+//! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
+//!
+//! Limitation: `now_ms` is the wall clock. A step forward of more than `gone_after` (a first
+//! NTP sync on a device without an RTC) closes every session; the daemon should start the
+//! core once the clock is synchronised.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rae_proto::{
+    check_esn, Availability, CloseReason, DeviceRecord, DeviceRef, EsnError, Evidence, Field,
+    Liveness, Mac, SessionId, SessionSeq,
+};
+
+use super::change::{Cause, Change};
+use super::conflict::Contest;
+use super::ids::{RandomSessionIds, SessionIds};
+use super::observation::Observation;
+use super::oui;
+use super::schedule::{CoreConfig, CoreConfigError, Timers};
+use super::session::{RestoredSession, Session};
+
+/// How many fresh ids the core draws before it gives up opening a session: a source that
+/// keeps returning ids of open sessions is broken, and the device stays unregistered rather
+/// than the core looping.
+const ID_ATTEMPTS: usize = 8;
+
+/// The registry core. See the module documentation for its rules.
+pub struct Core<I: SessionIds = RandomSessionIds> {
+    pub(super) timers: Timers,
+    own_macs: BTreeSet<Mac>,
+    pub(super) sessions: BTreeMap<Mac, Session>,
+    pub(super) contests: BTreeMap<Ipv4Addr, Contest>,
+    tick_cursor: Option<i64>,
+    probe_cursor: Option<i64>,
+    /// Restored sessions that duplicated another one's MAC: closed at the first tick.
+    duplicates: Vec<RestoredSession>,
+    ids: I,
+}
+
+/// Everything a core holds, from [`Core::export`]; [`Core::resume`] carries on from it
+/// exactly. [`CoreState::sessions`] is the part the store keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreState {
+    sessions: Vec<Session>,
+    contests: BTreeMap<Ipv4Addr, Contest>,
+    tick_cursor: Option<i64>,
+    probe_cursor: Option<i64>,
+    duplicates: Vec<RestoredSession>,
+}
+
+impl CoreState {
+    /// The open sessions with their seq and record, as the store would hold them.
+    pub fn sessions(&self) -> Vec<RestoredSession> {
+        self.sessions.iter().map(Session::to_restored).collect()
+    }
+}
+
+/// An operator's or the cloud's request about one device (or all, for a resync).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    SetAvailability {
+        device: DeviceRef,
+        availability: Availability,
+    },
+    /// `None` clears the ESN.
+    SetEsn {
+        device: DeviceRef,
+        esn: Option<String>,
+    },
+    /// A Snapshot of one device, or of every open session.
+    Resync { device: Option<DeviceRef> },
+    /// Close the session (`Closed { Forgotten }`); the device's next frame opens a new one.
+    Forget { device: DeviceRef },
+}
+
+/// Why an action was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("unknown device: {0}")]
+    UnknownDevice(DeviceRef),
+    #[error("invalid ESN: {0}")]
+    InvalidEsn(#[from] EsnError),
+}
+
+/// A liveness probe the I/O layer should send now: an ARP probe for `ipv4` and a Neighbor
+/// Solicitation for each of `ipv6`. At least one address is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub session: SessionId,
+    pub mac: Mac,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+}
+
+/// An open session, read-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionView<'a> {
+    pub session: SessionId,
+    pub seq: u64,
+    pub record: &'a DeviceRecord,
+}
+
+impl Core<RandomSessionIds> {
+    /// A core for the daemon: random session ids.
+    pub fn with_random_ids(
+        config: &CoreConfig,
+        restored: Vec<RestoredSession>,
+    ) -> Result<Self, CoreConfigError> {
+        Core::new(config, restored, RandomSessionIds)
+    }
+}
+
+impl<I: SessionIds> Core<I> {
+    /// A core that carries on the open sessions the store kept. Should two of them share a
+    /// MAC (which the core never makes), the most recently seen one is kept and the others
+    /// are Closed at the first tick.
+    pub fn new(
+        config: &CoreConfig,
+        restored: Vec<RestoredSession>,
+        ids: I,
+    ) -> Result<Self, CoreConfigError> {
+        let mut by_mac: BTreeMap<Mac, RestoredSession> = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        for candidate in restored {
+            let Some(kept) = by_mac.get_mut(&candidate.record.mac) else {
+                by_mac.insert(candidate.record.mac, candidate);
+                continue;
+            };
+            let rank = |s: &RestoredSession| {
+                (
+                    s.record.last_seen_ms,
+                    s.record.first_seen_ms,
+                    s.seq,
+                    s.session,
+                )
+            };
+            if rank(&candidate) > rank(kept) {
+                duplicates.push(std::mem::replace(kept, candidate));
+            } else {
+                duplicates.push(candidate);
+            }
+        }
+        duplicates.sort_by_key(|s| s.session);
+        let state = CoreState {
+            sessions: by_mac.into_values().map(Session::restored).collect(),
+            contests: BTreeMap::new(),
+            tick_cursor: None,
+            probe_cursor: None,
+            duplicates,
+        };
+        Core::resume(config, state, ids)
+    }
+
+    /// A core that carries on exactly where the one that [`export`](Core::export)ed `state`
+    /// stopped.
+    pub fn resume(config: &CoreConfig, state: CoreState, ids: I) -> Result<Self, CoreConfigError> {
+        Ok(Core {
+            timers: Timers::new(config)?,
+            own_macs: config.own_macs.iter().copied().collect(),
+            sessions: state
+                .sessions
+                .into_iter()
+                .map(|s| (s.record.mac, s))
+                .collect(),
+            contests: state.contests,
+            tick_cursor: state.tick_cursor,
+            probe_cursor: state.probe_cursor,
+            duplicates: state.duplicates,
+            ids,
+        })
+    }
+
+    pub fn export(&self) -> CoreState {
+        CoreState {
+            sessions: self.sessions.values().cloned().collect(),
+            contests: self.contests.clone(),
+            tick_cursor: self.tick_cursor,
+            probe_cursor: self.probe_cursor,
+            duplicates: self.duplicates.clone(),
+        }
+    }
+
+    /// Takes in one observation made at `obs.at_ms` (capped at `now_ms`).
+    pub fn apply(&mut self, obs: Observation, now_ms: i64) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mac = obs.mac;
+        if self.own_macs.contains(&mac) || mac.is_multicast() || mac.octets() == [0; 6] {
+            return out;
+        }
+        let at = obs.at_ms.min(now_ms);
+        self.expire(mac, now_ms, &mut out);
+        let cause = Cause {
+            at_ms: at,
+            summary: format!("{mac}: {}", obs.kind.describe()),
+        };
+        let evidence = obs.kind.evidence();
+        let before = match self.sessions.get_mut(&mac) {
+            Some(session) => Some(session.record.clone()),
+            None => {
+                let Some(evidence) = evidence else {
+                    return out;
+                };
+                let Some(id) = self.fresh_id() else {
+                    return out;
+                };
+                let mut record = DeviceRecord::new(mac, evidence, at);
+                record.vendor = oui::vendor(mac).map(str::to_owned);
+                self.sessions
+                    .insert(mac, Session::opened(id, record, now_ms));
+                None
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&mac) else {
+            return out;
+        };
+        let heard_before = session.record.last_seen_ms;
+        let claim = session.absorb(&obs.kind, at, &self.timers);
+        if let Some(evidence) = evidence {
+            let reachability = &mut session.record.reachability;
+            // A frame older than the last one heard says nothing new about liveness.
+            if reachability.state == Liveness::Offline && at > heard_before {
+                reachability.state = Liveness::Online;
+                reachability.evidence = evidence;
+            }
+        }
+        let follow_ups = self.settle_claim(mac, claim, now_ms, &cause);
+        let Some(session) = self.sessions.get_mut(&mac) else {
+            return out;
+        };
+        match before {
+            Some(before) => publish_update(session, &before, cause, &mut out),
+            None => out.push(Change::Opened {
+                session: session.id,
+                seq: session.seq,
+                record: session.record.clone(),
+                cause,
+            }),
+        }
+        out.extend(follow_ups);
+        self.prune_contests();
+        out
+    }
+
+    /// Carries out an operator's or the cloud's action; `by` names who asked, for the history.
+    pub fn act(
+        &mut self,
+        action: &Action,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Change>, ActionError> {
+        let mut out = Vec::new();
+        let cause = |summary: String| Cause {
+            at_ms: now_ms,
+            summary: format!("{summary} (by {by})"),
+        };
+        match action {
+            Action::SetAvailability {
+                device,
+                availability,
+            } => {
+                let session = self.resolve(device)?;
+                let before = session.record.clone();
+                session.record.availability = *availability;
+                let cause = cause(format!("availability set to {availability}"));
+                publish_update(session, &before, cause, &mut out);
+            }
+            Action::SetEsn { device, esn } => {
+                if let Some(esn) = esn {
+                    check_esn(esn)?;
+                }
+                let session = self.resolve(device)?;
+                let before = session.record.clone();
+                session.record.esn.clone_from(esn);
+                let summary = match esn {
+                    Some(esn) => format!("ESN set to {esn}"),
+                    None => "ESN cleared".to_owned(),
+                };
+                publish_update(session, &before, cause(summary), &mut out);
+            }
+            Action::Resync {
+                device: Some(device),
+            } => {
+                let session = self.resolve(device)?;
+                push_snapshot(session, now_ms, cause("resync".to_owned()), &mut out);
+            }
+            Action::Resync { device: None } => {
+                for session in self.sessions.values_mut() {
+                    push_snapshot(session, now_ms, cause("resync".to_owned()), &mut out);
+                }
+            }
+            Action::Forget { device } => {
+                let mac = self.resolve(device)?.record.mac;
+                if let Some(mut session) = self.sessions.remove(&mac) {
+                    out.push(Change::Closed {
+                        session: session.id,
+                        seq: session.bump(),
+                        mac,
+                        reason: CloseReason::Forgotten,
+                        cause: cause("forgotten".to_owned()),
+                    });
+                }
+            }
+        }
+        self.prune_contests();
+        Ok(out)
+    }
+
+    /// Moves time on to `now_ms`: offline transitions, Closed sessions and periodic
+    /// Snapshots that are due.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Change> {
+        let mut out = Vec::new();
+        for duplicate in std::mem::take(&mut self.duplicates) {
+            out.push(Change::Closed {
+                session: duplicate.session,
+                seq: duplicate.seq.saturating_add(1),
+                mac: duplicate.record.mac,
+                reason: CloseReason::Gone,
+                cause: Cause {
+                    at_ms: now_ms,
+                    summary: "restored beside a more recent session of the same MAC".to_owned(),
+                },
+            });
+        }
+        let macs: Vec<Mac> = self.sessions.keys().copied().collect();
+        for mac in macs {
+            self.expire(mac, now_ms, &mut out);
+        }
+        if let Some(cursor) = self.tick_cursor.filter(|cursor| *cursor < now_ms) {
+            let half = self.timers.snapshot_ms / 2;
+            for session in self.sessions.values_mut() {
+                let slot = self.timers.snapshot_slot(session.id, now_ms);
+                let recent = session
+                    .last_full_ms
+                    .is_some_and(|full| slot.saturating_sub(full) < half);
+                if slot > cursor && !recent {
+                    let cause = Cause {
+                        at_ms: now_ms,
+                        summary: "periodic snapshot".to_owned(),
+                    };
+                    push_snapshot(session, now_ms, cause, &mut out);
+                }
+            }
+        }
+        self.tick_cursor = Some(self.tick_cursor.map_or(now_ms, |c| c.max(now_ms)));
+        self.prune_contests();
+        out
+    }
+
+    /// The probes to send now: one per session whose probe round started since the last
+    /// call (on the first call, within the last probe timeout) and that has an address.
+    /// Rounds sit on each session's own phase (see `schedule`), so calls spread over the
+    /// interval each return a share of the devices.
+    pub fn due_probes(&mut self, now_ms: i64) -> Vec<ProbeRequest> {
+        let from = self
+            .probe_cursor
+            .unwrap_or_else(|| now_ms.saturating_sub(self.timers.timeout_ms));
+        let mut probes = Vec::new();
+        for session in self.sessions.values() {
+            let record = &session.record;
+            let round = self.timers.round_at_or_before(session.id, now_ms);
+            if round > from && (record.ipv4.is_some() || !record.ipv6.is_empty()) {
+                probes.push(ProbeRequest {
+                    session: session.id,
+                    mac: record.mac,
+                    ipv4: record.ipv4,
+                    ipv6: record.ipv6.clone(),
+                });
+            }
+        }
+        self.probe_cursor = Some(from.max(now_ms));
+        probes
+    }
+
+    /// The earliest time after `now_ms` at which `tick` or `due_probes` has work; `now_ms`
+    /// itself when something is overdue, `None` when there is no session.
+    pub fn next_deadline(&self, now_ms: i64) -> Option<i64> {
+        if !self.duplicates.is_empty() {
+            return Some(now_ms);
+        }
+        self.sessions
+            .values()
+            .flat_map(|session| {
+                let heard = session.record.last_seen_ms;
+                let offline = (session.record.reachability.state == Liveness::Online)
+                    .then(|| self.timers.offline_at(session.id, heard));
+                [
+                    Some(self.timers.gone_at(heard)),
+                    offline,
+                    Some(self.timers.next_round(session.id, now_ms)),
+                    Some(self.timers.next_snapshot_slot(session.id, now_ms)),
+                ]
+            })
+            .flatten()
+            .min()
+            .map(|deadline| deadline.max(now_ms))
+    }
+
+    /// Every open session, by MAC.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView<'_>> {
+        self.sessions.values().map(view)
+    }
+
+    /// The open session a reference names.
+    pub fn session(&self, device: &DeviceRef) -> Option<SessionView<'_>> {
+        match device {
+            DeviceRef::Mac(mac) => self.sessions.get(mac),
+            DeviceRef::Session(id) => self.sessions.values().find(|s| s.id == *id),
+        }
+        .map(view)
+    }
+
+    /// Every open session with its latest seq: the inventory.
+    pub fn inventory(&self) -> Vec<SessionSeq> {
+        let mut sessions: Vec<SessionSeq> = self
+            .sessions
+            .values()
+            .map(|s| SessionSeq {
+                session: s.id,
+                seq: s.seq,
+            })
+            .collect();
+        sessions.sort();
+        sessions
+    }
+
+    /// The device using `ip`, for observations that arrive by address (mDNS, UPnP). When
+    /// several claim an IPv4 address, the most recently heard online one.
+    pub fn mac_for_ip(&self, ip: IpAddr) -> Option<Mac> {
+        let holds = |record: &DeviceRecord| match ip {
+            IpAddr::V4(v4) => record.ipv4 == Some(v4),
+            IpAddr::V6(v6) => record.ipv6.binary_search(&v6).is_ok(),
+        };
+        self.sessions
+            .values()
+            .filter(|s| holds(&s.record))
+            .max_by_key(|s| {
+                let r = &s.record;
+                (
+                    r.reachability.state == Liveness::Online,
+                    r.last_seen_ms,
+                    r.mac,
+                )
+            })
+            .map(|s| s.record.mac)
+    }
+
+    fn fresh_id(&mut self) -> Option<SessionId> {
+        (0..ID_ATTEMPTS)
+            .map(|_| self.ids.next_id())
+            .find(|id| self.sessions.values().all(|s| s.id != *id))
+    }
+
+    /// The open session `device` names. Actions take the sessions as they are: deadlines
+    /// move only in `tick` (and in `apply`, for the device observed).
+    fn resolve(&mut self, device: &DeviceRef) -> Result<&mut Session, ActionError> {
+        match device {
+            DeviceRef::Mac(mac) => self.sessions.get_mut(mac),
+            DeviceRef::Session(id) => self.sessions.values_mut().find(|s| s.id == *id),
+        }
+        .ok_or(ActionError::UnknownDevice(*device))
+    }
+
+    /// Applies the session's deadlines that `now` has reached: Closed when gone, else the
+    /// offline transition.
+    fn expire(&mut self, mac: Mac, now: i64, out: &mut Vec<Change>) {
+        let Some(session) = self.sessions.get_mut(&mac) else {
+            return;
+        };
+        let heard = session.record.last_seen_ms;
+        let gone_at = self.timers.gone_at(heard);
+        if now >= gone_at {
+            if let Some(mut session) = self.sessions.remove(&mac) {
+                out.push(Change::Closed {
+                    session: session.id,
+                    seq: session.bump(),
+                    mac,
+                    reason: CloseReason::Gone,
+                    cause: Cause {
+                        at_ms: gone_at,
+                        summary: format!(
+                            "not heard for {} s (gone_after)",
+                            self.timers.gone_ms / 1000
+                        ),
+                    },
+                });
+            }
+            return;
+        }
+        let offline_at = self.timers.offline_at(session.id, heard);
+        if session.record.reachability.state == Liveness::Online && now >= offline_at {
+            let count = self.timers.misses_at(session.id, heard, now);
+            let before = session.record.clone();
+            session.record.reachability.state = Liveness::Offline;
+            session.record.reachability.evidence = Evidence::ProbeMissed { count };
+            let cause = Cause {
+                at_ms: offline_at,
+                summary: format!("{count} probe rounds in a row passed without a frame"),
+            };
+            publish_update(session, &before, cause, out);
+        }
+    }
+}
+
+fn view(session: &Session) -> SessionView<'_> {
+    SessionView {
+        session: session.id,
+        seq: session.seq,
+        record: &session.record,
+    }
+}
+
+fn push_snapshot(session: &mut Session, now: i64, cause: Cause, out: &mut Vec<Change>) {
+    session.last_full_ms = Some(now);
+    out.push(Change::Snapshot {
+        session: session.id,
+        seq: session.bump(),
+        record: session.record.clone(),
+        cause,
+    });
+}
+
+/// Publishes what changed in `session` since `before`: a Delta, or a local `Seen` when only
+/// `last_seen_ms` moved, or nothing. A reachability that differs only in its RTT does not
+/// count as changed (see the module documentation).
+pub(super) fn publish_update(
+    session: &mut Session,
+    before: &DeviceRecord,
+    cause: Cause,
+    out: &mut Vec<Change>,
+) {
+    let mut fields = before.diff(&session.record);
+    fields.retain(|field| match field {
+        Field::Reachability(now) => {
+            (now.state, now.evidence) != (before.reachability.state, before.reachability.evidence)
+        }
+        _ => true,
+    });
+    if fields.iter().all(|f| matches!(f, Field::LastSeen(_))) {
+        if !fields.is_empty() {
+            out.push(Change::Seen {
+                session: session.id,
+                last_seen_ms: session.record.last_seen_ms,
+            });
+        }
+        return;
+    }
+    out.push(Change::Updated {
+        session: session.id,
+        seq: session.bump(),
+        mac: session.record.mac,
+        fields,
+        cause,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use rae_proto::{Reachability, Text};
+
+    use super::*;
+
+    fn session() -> Session {
+        let record = DeviceRecord::new(Mac([0, 0, 0xf0, 0, 0, 1]), Evidence::ArpReply, 1_000);
+        Session::opened(SessionId::from_bytes([1; 16]), record, 1_000)
+    }
+
+    #[test]
+    fn rtt_alone_is_no_change_and_last_seen_alone_is_seen() {
+        let mut s = session();
+        let before = s.record.clone();
+        s.record.reachability.rtt_us = Some(700);
+        let mut out = Vec::new();
+        publish_update(&mut s, &before, cause(), &mut out);
+        assert!(out.is_empty());
+        s.record.last_seen_ms = 2_000;
+        publish_update(&mut s, &before, cause(), &mut out);
+        assert_eq!(
+            out,
+            vec![Change::Seen {
+                session: s.id,
+                last_seen_ms: 2_000
+            }]
+        );
+        assert_eq!(s.seq, 1);
+    }
+
+    #[test]
+    fn a_transition_carries_the_current_rtt_and_last_seen_rides_along() {
+        let mut s = session();
+        s.record.reachability.rtt_us = Some(700);
+        let before = s.record.clone();
+        s.record.reachability.state = Liveness::Offline;
+        s.record.reachability.evidence = Evidence::ProbeMissed { count: 3 };
+        s.record.hostname = Some(Text::from("tv"));
+        s.record.last_seen_ms = 1_500;
+        let mut out = Vec::new();
+        publish_update(&mut s, &before, cause(), &mut out);
+        let [Change::Updated { seq: 2, fields, .. }] = out.as_slice() else {
+            panic!("expected one Delta, got {out:?}");
+        };
+        assert_eq!(
+            fields,
+            &vec![
+                Field::Hostname(Some(Text::from("tv"))),
+                Field::Reachability(Reachability {
+                    state: Liveness::Offline,
+                    evidence: Evidence::ProbeMissed { count: 3 },
+                    rtt_us: Some(700),
+                }),
+                Field::LastSeen(1_500),
+            ]
+        );
+    }
+
+    fn cause() -> Cause {
+        Cause {
+            at_ms: 0,
+            summary: String::new(),
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! One open session as the core holds it, and how an observation changes its record.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rae_proto::{DeviceRecord, SessionId, Text};
+
+use super::observation::{ArpKind, DhcpMessage, ObservationKind};
+use super::schedule::Timers;
+
+/// An open session as the store keeps it: what the core needs to carry on after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredSession {
+    pub session: SessionId,
+    /// The seq of the session's latest event; the next one gets `seq + 1`.
+    pub seq: u64,
+    pub record: DeviceRecord,
+}
+
+/// What an observation says about the device's IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ipv4Claim {
+    /// The device itself uses the address (ARP sender, DHCP ciaddr, a probe answer).
+    Uses(Ipv4Addr),
+    /// The DHCP server gave the device the address: it is no one else's any more.
+    Assigned(Ipv4Addr),
+    /// The device released the address (DHCP RELEASE).
+    Released(Ipv4Addr),
+}
+
+/// The core's state of one open session. `record` is the current record: the last
+/// published one with `last_seen_ms` and the probe RTT moved on in place (neither is
+/// published on its own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub id: SessionId,
+    pub seq: u64,
+    pub record: DeviceRecord,
+    /// The host names by source: DHCP's wins, mDNS's fills in.
+    pub dhcp_hostname: Option<Text>,
+    pub mdns_hostname: Option<Text>,
+    /// When each IPv6 address in the record was last vouched for.
+    pub ipv6_heard: BTreeMap<Ipv6Addr, i64>,
+    /// When the whole record was last published (Opened or Snapshot).
+    pub last_full_ms: Option<i64>,
+}
+
+impl Session {
+    pub fn opened(id: SessionId, record: DeviceRecord, now: i64) -> Session {
+        Session {
+            id,
+            seq: 1,
+            record,
+            dhcp_hostname: None,
+            mdns_hostname: None,
+            ipv6_heard: BTreeMap::new(),
+            last_full_ms: Some(now),
+        }
+    }
+
+    /// A session from the store. Which source a stored host name came from is not stored: a
+    /// device that was seen doing DHCP is taken to have its name from DHCP.
+    pub fn restored(restored: RestoredSession) -> Session {
+        let RestoredSession {
+            session,
+            seq,
+            record,
+        } = restored;
+        let did_dhcp = record.dhcp_client_id.is_some()
+            || record.dhcp_vendor_class.is_some()
+            || !record.dhcp_param_request_list.is_empty();
+        let (dhcp_hostname, mdns_hostname) = if did_dhcp {
+            (record.hostname.clone(), None)
+        } else {
+            (None, record.hostname.clone())
+        };
+        let ipv6_heard = record
+            .ipv6
+            .iter()
+            .map(|ip| (*ip, record.last_seen_ms))
+            .collect();
+        Session {
+            id: session,
+            seq,
+            record,
+            dhcp_hostname,
+            mdns_hostname,
+            ipv6_heard,
+            last_full_ms: None,
+        }
+    }
+
+    pub fn to_restored(&self) -> RestoredSession {
+        RestoredSession {
+            session: self.id,
+            seq: self.seq,
+            record: self.record.clone(),
+        }
+    }
+
+    /// The next seq, now taken.
+    pub fn bump(&mut self) -> u64 {
+        self.seq = self.seq.saturating_add(1);
+        self.seq
+    }
+
+    /// Takes in what `kind` says about the device, except its IPv4 address, which concerns
+    /// other sessions too and is returned for the core to settle. `at` is when it was seen.
+    pub fn absorb(
+        &mut self,
+        kind: &ObservationKind,
+        at: i64,
+        timers: &Timers,
+    ) -> Option<Ipv4Claim> {
+        if kind.evidence().is_some() && at > self.record.last_seen_ms {
+            self.record.last_seen_ms = at;
+        }
+        let mut claim = None;
+        match kind {
+            ObservationKind::DhcpClient(dhcp) => {
+                if let Some(name) = &dhcp.hostname {
+                    self.dhcp_hostname = Some(name.clone());
+                }
+                if let Some(class) = &dhcp.vendor_class {
+                    self.record.dhcp_vendor_class = Some(class.clone());
+                }
+                if let Some(id) = &dhcp.client_id {
+                    self.record.dhcp_client_id = Some(id.clone());
+                }
+                if let Some(list) = &dhcp.param_request_list {
+                    self.record.dhcp_param_request_list.clone_from(list);
+                }
+                claim = match (dhcp.message, dhcp.ciaddr) {
+                    (DhcpMessage::Release, Some(ip)) => Some(Ipv4Claim::Released(ip)),
+                    (DhcpMessage::Request | DhcpMessage::Inform, Some(ip)) => {
+                        Some(Ipv4Claim::Uses(ip))
+                    }
+                    _ => None,
+                };
+            }
+            ObservationKind::DhcpAck { ip } => claim = Some(Ipv4Claim::Assigned(*ip)),
+            ObservationKind::Arp { ip: Some(ip), kind } if *kind != ArpKind::Probe => {
+                claim = Some(Ipv4Claim::Uses(*ip));
+            }
+            ObservationKind::Arp { .. } => {}
+            ObservationKind::Ndp { ip: Some(ip), .. } => self.heard_ipv6(*ip, at, timers),
+            ObservationKind::Ndp { ip: None, .. } => {}
+            ObservationKind::ProbeReply { ip, rtt_us } => {
+                self.record.reachability.rtt_us = Some(*rtt_us);
+                match ip {
+                    IpAddr::V4(ip) => claim = Some(Ipv4Claim::Uses(*ip)),
+                    IpAddr::V6(ip) => self.heard_ipv6(*ip, at, timers),
+                }
+            }
+            ObservationKind::Mdns { .. } | ObservationKind::Ssdp { .. } => {}
+            ObservationKind::MdnsHost { hostname } => self.mdns_hostname = Some(hostname.clone()),
+            ObservationKind::MdnsService(service) => {
+                let services = &mut self.record.mdns_services;
+                services.retain(|s| {
+                    (&s.service_type, &s.instance) != (&service.service_type, &service.instance)
+                });
+                services.push(service.clone());
+                services.sort();
+            }
+            ObservationKind::MdnsServiceGone {
+                service_type,
+                instance,
+            } => self
+                .record
+                .mdns_services
+                .retain(|s| (&s.service_type, &s.instance) != (service_type, instance)),
+            ObservationKind::Upnp(description) => self.record.upnp = Some(description.clone()),
+            ObservationKind::Dial { apps } => {
+                let mut apps = apps.clone();
+                apps.sort();
+                apps.dedup_by(|a, b| a.name == b.name);
+                self.record.dial_apps = apps;
+            }
+        }
+        self.record.hostname = self
+            .dhcp_hostname
+            .clone()
+            .or_else(|| self.mdns_hostname.clone());
+        self.expire_ipv6(timers);
+        claim
+    }
+
+    fn heard_ipv6(&mut self, ip: Ipv6Addr, at: i64, timers: &Timers) {
+        let heard = self.ipv6_heard.entry(ip).or_insert(at);
+        *heard = (*heard).max(at);
+        while self.ipv6_heard.len() > timers.max_ipv6 {
+            // The least recently heard goes; among equals, the lowest address (deterministic).
+            let oldest = self
+                .ipv6_heard
+                .iter()
+                .min_by_key(|(ip, heard)| (**heard, **ip))
+                .map(|(ip, _)| *ip);
+            match oldest {
+                Some(oldest) => self.ipv6_heard.remove(&oldest),
+                None => break,
+            };
+        }
+    }
+
+    /// Drops the IPv6 addresses the device has gone on without for `ipv6_expire_after`. An
+    /// unheard device keeps them all: its silence says nothing about any one address.
+    fn expire_ipv6(&mut self, timers: &Timers) {
+        let now = self.record.last_seen_ms;
+        self.ipv6_heard
+            .retain(|_, heard| now.saturating_sub(*heard) <= timers.ipv6_expire_ms);
+        if self.record.ipv6.len() != self.ipv6_heard.len()
+            || !self.record.ipv6.iter().eq(self.ipv6_heard.keys())
+        {
+            self.record.ipv6 = self.ipv6_heard.keys().copied().collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rae_proto::{Evidence, Mac};
+
+    use super::*;
+    use crate::registry::schedule::CoreConfig;
+
+    fn restored(dhcp: bool) -> Session {
+        let mut record = DeviceRecord::new(Mac([0, 0, 0xf0, 0, 0, 1]), Evidence::ArpReply, 1);
+        record.hostname = Some(Text::from("tv"));
+        if dhcp {
+            record.dhcp_param_request_list = vec![1, 3, 6];
+        }
+        Session::restored(RestoredSession {
+            session: SessionId::from_bytes([1; 16]),
+            seq: 4,
+            record,
+        })
+    }
+
+    #[test]
+    fn a_restored_name_is_taken_as_dhcp_s_when_the_device_did_dhcp() {
+        let timers = Timers::new(&CoreConfig::default()).unwrap();
+        let mdns = ObservationKind::MdnsHost {
+            hostname: Text::from("tv.local"),
+        };
+        let mut session = restored(true);
+        session.absorb(&mdns, 2, &timers);
+        assert_eq!(session.record.hostname, Some(Text::from("tv")));
+        let mut session = restored(false);
+        session.absorb(&mdns, 2, &timers);
+        assert_eq!(session.record.hostname, Some(Text::from("tv.local")));
+        assert_eq!(session.seq, 4);
+        assert_eq!(session.last_full_ms, None);
+    }
+}
