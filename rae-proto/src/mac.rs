@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A 48-bit MAC address. Text form `aa:bb:cc:dd:ee:ff` (lowercase); parsing also accepts
 /// uppercase digits and `-` separators, as printed on labels and by other tools.
 /// On the wire: the 6 bytes, no length prefix.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Mac(pub [u8; 6]);
 
 /// Why a text is not a MAC address.
@@ -19,6 +19,9 @@ pub struct Mac(pub [u8; 6]);
 pub struct MacParseError;
 
 impl Mac {
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+    pub const ZERO: Mac = Mac([0; 6]);
+
     pub const fn new(octets: [u8; 6]) -> Self {
         Self(octets)
     }
@@ -36,6 +39,14 @@ impl Mac {
     /// The I/G bit: a group address never identifies one device.
     pub const fn is_multicast(&self) -> bool {
         self.0[0] & 0x01 != 0
+    }
+
+    pub const fn is_broadcast(&self) -> bool {
+        matches!(self.0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+    }
+
+    pub const fn is_unicast(&self) -> bool {
+        !self.is_multicast()
     }
 
     /// The first three octets, the vendor's OUI (meaningful only when not locally administered).

@@ -229,10 +229,6 @@ impl DhcpMessage {
     }
 }
 
-fn mac(addr: MacAddr) -> Mac {
-    Mac(addr.0)
-}
-
 /// Whether `addr` can name one device: not zero, broadcast or multicast.
 fn is_device(addr: MacAddr) -> bool {
     addr.is_unicast() && addr != MacAddr::ZERO
@@ -265,7 +261,7 @@ pub fn observations_from_frame(frame: &Frame<'_>, at_ms: i64) -> Option<Observat
         Message::Ssdp { ip, payload, .. } => (src, ssdp_kind(ip, payload)?),
     };
     is_device(device).then_some(Observation {
-        mac: mac(device),
+        mac: device,
         at_ms,
         kind,
     })

@@ -9,55 +9,9 @@ use super::bytes::{self, Field};
 use super::drops::{Detail, DropReason, Layer};
 use super::EmitError;
 
-/// An IEEE 802 MAC address.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
-}
-
-impl MacAddr {
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    pub fn octets(self) -> [u8; 6] {
-        self.0
-    }
-
-    pub fn is_broadcast(self) -> bool {
-        self == MacAddr::BROADCAST
-    }
-
-    /// Group bit set: multicast or broadcast.
-    pub fn is_multicast(self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-
-    pub fn is_unicast(self) -> bool {
-        !self.is_multicast()
-    }
-
-    /// The U/L bit: set on randomized ("private") addresses that phones and TVs use.
-    pub fn is_locally_administered(self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
-}
-
-impl From<[u8; 6]> for MacAddr {
-    fn from(octets: [u8; 6]) -> Self {
-        MacAddr(octets)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
+/// An IEEE 802 MAC address: the wire contract's type, so parsed frames and the registry
+/// speak of the same thing.
+pub use rae_proto::Mac as MacAddr;
 
 /// An EtherType. Values below 0x0600 are 802.3 length fields, not types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
