@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 use super::ports::{retry_on_port_clash, PortLease};
-use super::process::{run_to_end, Launch, ServiceProcess};
+use super::process::{ensure_stopped, run_to_end, stop_slot, Launch, ServiceProcess};
 use super::ServiceError;
 use crate::labdir::OwnedDir;
 
@@ -157,31 +157,15 @@ impl Kafka {
 
     /// Stops the node (controlled shutdown); data and ports stay for [`Kafka::start_again`].
     pub fn stop(&mut self) -> Result<(), ServiceError> {
-        match self.process.as_mut() {
-            Some(process) => process.stop()?,
-            None => return Err(wrong_state("stopped", "stop", "running")),
-        }
-        self.process = None;
-        Ok(())
+        stop_slot(SERVICE, &mut self.process)
     }
 
     /// Starts the stopped node again with its data, on the same ports.
     pub fn start_again(&mut self) -> Result<(), ServiceError> {
-        if self.process.is_some() {
-            return Err(wrong_state("running", "start_again", "stopped"));
-        }
+        ensure_stopped(SERVICE, &self.process)?;
         let lib = jar_dir()?;
         self.process = Some(launch(&self.java, &lib, self.dir.path(), self.port())?);
         Ok(())
-    }
-}
-
-fn wrong_state(state: &'static str, action: &'static str, wanted: &'static str) -> ServiceError {
-    ServiceError::WrongState {
-        service: SERVICE,
-        state,
-        action,
-        wanted,
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::ports::{retry_on_port_clash, PortLease};
-use super::process::{find_program, run_to_end, Launch, ServiceProcess, ServiceUser};
+use super::process::{
+    ensure_stopped, find_program, run_to_end, stop_slot, Launch, ServiceProcess, ServiceUser,
+};
 use super::ServiceError;
 use crate::labdir::OwnedDir;
 
@@ -176,32 +178,16 @@ impl Mosquitto {
 
     /// Stops the broker (clients see the connection drop); the port stays reserved.
     pub fn stop(&mut self) -> Result<(), ServiceError> {
-        match self.process.as_mut() {
-            Some(process) => process.stop()?,
-            None => return Err(wrong_state("stopped", "stop", "running")),
-        }
-        self.process = None;
-        Ok(())
+        stop_slot(SERVICE, &mut self.process)
     }
 
     /// Starts the stopped broker again on the same port with the same config.
     pub fn start_again(&mut self) -> Result<(), ServiceError> {
-        if self.process.is_some() {
-            return Err(wrong_state("running", "start_again", "stopped"));
-        }
+        ensure_stopped(SERVICE, &self.process)?;
         let program = find_program(SERVICE, &["/usr/sbin/mosquitto"], HINT)?;
         let user = ServiceUser::lookup(SERVICE, "mosquitto")?;
         self.process = Some(launch(&program, self.dir.path(), self.port(), &user)?);
         Ok(())
-    }
-}
-
-fn wrong_state(state: &'static str, action: &'static str, wanted: &'static str) -> ServiceError {
-    ServiceError::WrongState {
-        service: SERVICE,
-        state,
-        action,
-        wanted,
     }
 }
 

@@ -10,7 +10,9 @@ use nix::sys::signal::Signal;
 use sqlx::Connection;
 
 use super::ports::{retry_on_port_clash, PortLease};
-use super::process::{find_program, run_to_end, Launch, ServiceProcess, ServiceUser};
+use super::process::{
+    ensure_stopped, find_program, run_to_end, stop_slot, Launch, ServiceProcess, ServiceUser,
+};
 use super::ServiceError;
 use crate::labdir::OwnedDir;
 
@@ -130,30 +132,14 @@ impl Postgres {
     /// Fast shutdown (clients are disconnected, transactions rolled back); the data and
     /// the port stay for [`Postgres::start_again`].
     pub fn stop(&mut self) -> Result<(), ServiceError> {
-        match self.process.as_mut() {
-            Some(process) => process.stop()?,
-            None => return Err(wrong_state("stopped", "stop", "running")),
-        }
-        self.process = None;
-        Ok(())
+        stop_slot(SERVICE, &mut self.process)
     }
 
     /// Starts the stopped server again on the same data directory and port.
     pub fn start_again(&mut self) -> Result<(), ServiceError> {
-        if self.process.is_some() {
-            return Err(wrong_state("running", "start_again", "stopped"));
-        }
+        ensure_stopped(SERVICE, &self.process)?;
         self.process = Some(launch(self.dir.path(), self.port(), &self.user)?);
         Ok(())
-    }
-}
-
-fn wrong_state(state: &'static str, action: &'static str, wanted: &'static str) -> ServiceError {
-    ServiceError::WrongState {
-        service: SERVICE,
-        state,
-        action,
-        wanted,
     }
 }
 

@@ -21,6 +21,45 @@ const TAIL_BYTES: u64 = 4096;
 /// How long to wait for the group to go after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// `stop()` of a service whose process lives in `slot`: stops it and empties the slot;
+/// stopping a stopped service is an error.
+pub(crate) fn stop_slot(
+    service: &'static str,
+    slot: &mut Option<ServiceProcess>,
+) -> Result<(), ServiceError> {
+    match slot.as_mut() {
+        Some(process) => process.stop()?,
+        None => return Err(wrong_state(service, "stopped", "stop", "running")),
+    }
+    *slot = None;
+    Ok(())
+}
+
+/// The check before `start_again()`: the service must be stopped.
+pub(crate) fn ensure_stopped(
+    service: &'static str,
+    slot: &Option<ServiceProcess>,
+) -> Result<(), ServiceError> {
+    match slot {
+        Some(_) => Err(wrong_state(service, "running", "start_again", "stopped")),
+        None => Ok(()),
+    }
+}
+
+fn wrong_state(
+    service: &'static str,
+    state: &'static str,
+    action: &'static str,
+    wanted: &'static str,
+) -> ServiceError {
+    ServiceError::WrongState {
+        service,
+        state,
+        action,
+        wanted,
+    }
+}
+
 /// A running service; its process group is ended on drop.
 #[derive(Debug)]
 pub(crate) struct ServiceProcess {
