@@ -22,7 +22,11 @@
 
 pub mod capture;
 pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod probe;
+pub mod publish;
 pub mod registry;
+pub mod replay;
 pub mod store;
 pub mod wire;

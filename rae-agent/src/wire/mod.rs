@@ -40,6 +40,7 @@ pub mod ethernet;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod mdns;
 pub mod udp;
 
 pub use arp::ArpRepr;

@@ -1,0 +1,1 @@
+//! The read side of `raectl`: renders the registry database for operators (tables and JSON).

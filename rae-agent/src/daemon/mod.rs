@@ -1,0 +1,1 @@
+//! The daemon: wires capture, parsers, registry core, store, probes and publisher together.
