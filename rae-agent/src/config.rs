@@ -22,6 +22,8 @@ pub struct Config {
     #[serde(default)]
     pub publish: PublishConfig,
     #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -115,6 +117,38 @@ impl Default for PublishConfig {
     }
 }
 
+/// Active probes: liveness (ARP / NS) limits and the identification probes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Liveness probes (ARP requests and Neighbor Solicitations) per second, all devices
+    /// together; probes over the limit wait for the next round and are counted.
+    #[serde(default = "default_probes_per_sec")]
+    pub max_per_sec: u32,
+    /// SSDP M-SEARCH, then UPnP description and DIAL application fetches.
+    #[serde(default = "default_true")]
+    pub ssdp: bool,
+    #[serde(default = "default_search_interval_secs")]
+    pub ssdp_search_interval_secs: u64,
+    /// DNS-SD queries on the LAN port (answers are read from the capture).
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    #[serde(default = "default_search_interval_secs")]
+    pub mdns_query_interval_secs: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            max_per_sec: default_probes_per_sec(),
+            ssdp: true,
+            ssdp_search_interval_secs: default_search_interval_secs(),
+            mdns: true,
+            mdns_query_interval_secs: default_search_interval_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -171,6 +205,15 @@ fn default_inventory_interval_secs() -> u64 {
 }
 fn default_outbox_max_bytes() -> u64 {
     16 * 1024 * 1024
+}
+fn default_probes_per_sec() -> u32 {
+    200
+}
+fn default_true() -> bool {
+    true
+}
+fn default_search_interval_secs() -> u64 {
+    300
 }
 fn default_log_level() -> String {
     "info".to_string()
@@ -318,6 +361,23 @@ impl Config {
                 format!("{} is below the minimum of 65536", p.outbox_max_bytes),
             );
         }
+        let pr = &self.probe;
+        if pr.max_per_sec == 0 {
+            return invalid("probe.max_per_sec", "must be at least 1".into());
+        }
+        if pr.ssdp_search_interval_secs == 0 || pr.mdns_query_interval_secs == 0 {
+            return invalid(
+                "probe",
+                "ssdp_search_interval_secs and mdns_query_interval_secs must be at least 1".into(),
+            );
+        }
+        if self.mqtt.tls.is_some() {
+            return invalid(
+                "mqtt.tls",
+                "this build has no TLS support; remove [mqtt.tls] or use a TLS-terminating proxy"
+                    .into(),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(
                 "log.level",
@@ -372,6 +432,21 @@ impl fmt::Display for Config {
             f,
             "publish             snapshots every {} s, inventory every {} s, outbox quota {} bytes",
             p.snapshot_interval_secs, p.inventory_interval_secs, p.outbox_max_bytes
+        )?;
+        let pr = &self.probe;
+        let onoff = |on: bool, secs: u64| {
+            if on {
+                format!("every {secs} s")
+            } else {
+                "off".to_string()
+            }
+        };
+        writeln!(
+            f,
+            "active probes       at most {}/s; ssdp {}; mdns {}",
+            pr.max_per_sec,
+            onoff(pr.ssdp, pr.ssdp_search_interval_secs),
+            onoff(pr.mdns, pr.mdns_query_interval_secs)
         )?;
         write!(
             f,

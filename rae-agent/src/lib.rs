@@ -30,3 +30,15 @@ pub mod registry;
 pub mod replay;
 pub mod store;
 pub mod wire;
+
+/// `error: cause: cause` on one line, as an operator reads it in the journal.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

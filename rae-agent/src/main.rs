@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rae_agent::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_PATH};
+use rae_agent::error_chain;
 
 /// The RAE device registry daemon: watches the LAN port for devices under test, keeps the
 /// Local Registry in SQLite and publishes device events over MQTT.
@@ -62,30 +63,54 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    tracing::error!(
-        "this build has no capture, registry or publisher yet; only --check-config works"
-    );
-    ExitCode::from(1)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rae-agent: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The daemon until SIGTERM or SIGINT.
+async fn run(config: Config) -> Result<(), rae_agent::daemon::DaemonError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| rae_agent::probe::ProbeError::Socket {
+            what: "installing the SIGTERM handler",
+            source,
+        })?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = stop_tx.send(true);
+    });
+    rae_agent::daemon::run(config, stop_rx).await
 }
 
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-/// `error: cause: cause` on one line, as an operator reads it in the journal.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

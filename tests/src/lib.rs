@@ -15,7 +15,9 @@
 //! Limitations: needs root (network namespaces, AF_PACKET); Kafka needs the jars that
 //! `scripts/setup` fetches into `tests/kafka/lib`.
 
+pub mod agent;
 pub mod labdir;
+pub mod mqtt_watch;
 pub mod netlab;
 pub mod services;
 pub mod sweep;

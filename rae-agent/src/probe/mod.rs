@@ -24,6 +24,7 @@ pub mod dial;
 pub mod http;
 pub mod identify;
 pub mod limiter;
+pub mod liveness;
 pub mod mdns;
 pub mod ssdp;
 pub mod upnp;
@@ -42,6 +43,8 @@ pub enum ProbeError {
     },
     #[error("interface {interface} has no IPv4 address")]
     NoIpv4 { interface: String },
+    #[error("interface {interface} does not exist or has no MAC address")]
+    NoInterface { interface: String },
     #[error("GET {url}: {source}")]
     Http {
         url: String,

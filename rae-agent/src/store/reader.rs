@@ -1,5 +1,6 @@
 //! [`StoreReader`]: read-only access for `raectl`, safe while the daemon writes (WAL readers see
-//! the last committed state and never block the writer) and while it is stopped.
+//! the last committed state and never block the writer) and while it is stopped, also on a
+//! read-only medium when the database was closed cleanly.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -116,10 +117,25 @@ impl StoreReader {
             source,
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(open_error)?;
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(open_error)?;
         conn.busy_timeout(StoreOptions::default().busy_timeout)
             .map_err(open_error)?;
-        let found = schema::user_version(&conn)?;
+        let found = match schema::user_version(&conn) {
+            Ok(found) => found,
+            // A WAL reader needs the `-shm` file, which SQLite cannot create on a read-only
+            // medium (a copy on a read-only mount, a write-protected flash). When no commit
+            // waits in a `-wal` file the main file is the whole database, and opening it as
+            // immutable reads exactly that without any shared memory.
+            Err(err) if cannot_open(&err) && !wal_has_commits(&path) => {
+                conn = Connection::open_with_flags(
+                    immutable_uri(&path),
+                    flags | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(open_error)?;
+                schema::user_version(&conn)?
+            }
+            Err(err) => return Err(err),
+        };
         if found > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
                 path,
@@ -196,6 +212,14 @@ impl StoreReader {
             "WHERE session = ?1 ORDER BY id DESC LIMIT ?2",
             params![session.to_string(), sql_limit(limit)],
         )?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// The newest `limit` history rows across all sessions, oldest first.
+    pub fn latest_events(&self, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
+        let mut rows =
+            self.query_history("ORDER BY id DESC LIMIT ?1", params![sql_limit(limit)])?;
         rows.reverse();
         Ok(rows)
     }
@@ -329,6 +353,40 @@ impl StoreReader {
     }
 }
 
+fn cannot_open(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::Sqlite { source, .. }
+            if matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+            )
+    )
+}
+
+/// Whether the database's `-wal` file holds frames not yet copied into the main file.
+fn wal_has_commits(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|meta| meta.len() > 0)
+}
+
+/// `file:<path>?immutable=1`, the path percent-encoded where a URI needs it.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &byte in path.as_os_str().as_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                uri.push(char::from(byte))
+            }
+            _ => uri.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -408,5 +466,22 @@ impl RawDevice {
             closed_ms: self.closed_ms,
             close_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn immutable_uris_escape_what_a_uri_would_misread() {
+        assert_eq!(
+            immutable_uri(Path::new("/var/lib/rae-agent/registry.db")),
+            "file:/var/lib/rae-agent/registry.db?immutable=1"
+        );
+        assert_eq!(
+            immutable_uri(Path::new("/tmp/a b?#%/x.db")),
+            "file:/tmp/a%20b%3F%23%25/x.db?immutable=1"
+        );
     }
 }

@@ -15,6 +15,8 @@ pub enum LabError {
     },
     #[error("`{tool}` is missing; install the Debian package {package}")]
     MissingTool { tool: String, package: &'static str },
+    #[error("`{binary}` is missing: {hint}")]
+    MissingBinary { binary: String, hint: String },
     #[error("cannot start `{command}`: {source}")]
     Spawn {
         command: String,

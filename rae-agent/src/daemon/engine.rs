@@ -1,0 +1,243 @@
+//! The synchronous heart of the daemon: captured frames, identification results and the passing
+//! of time in; Changes for the store and probe frames for the LAN out. It owns the registry
+//! core and the liveness prober, and does no I/O itself, so the daemon's own glue (frame to
+//! observation, probe answers to RTTs, addresses to MACs) is tested without sockets.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use rae_proto::{DeviceRef, SessionSeq};
+use tracing::debug;
+
+use crate::capture::CapturedFrame;
+use crate::probe::liveness::{LanAddrs, Liveness, LivenessCounters, ProbeFrame};
+use crate::probe::Identified;
+use crate::registry::{
+    observations_from_frame, Action, ArpKind, Change, Core, NdpKind, Observation, ObservationKind,
+    SessionIds,
+};
+use crate::wire::{DropCounters, Message};
+
+/// What the engine did, for `raectl status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub frames: u64,
+    /// Frames that failed to parse here although the capture thread had parsed them (never
+    /// expected; kept by reason in `drops`).
+    pub unparsable: u64,
+    pub observations: u64,
+    /// mDNS responses decoded into host names and services.
+    pub mdns_decoded: u64,
+    /// Identification results for an address no open session holds.
+    pub unmatched_identifications: u64,
+    pub changes: u64,
+    /// ESNs from DIAL that the core refused (malformed).
+    pub esn_refused: u64,
+}
+
+pub struct Engine<I: SessionIds> {
+    core: Core<I>,
+    liveness: Liveness,
+    counters: EngineCounters,
+    drops: DropCounters,
+}
+
+impl<I: SessionIds> Engine<I> {
+    pub fn new(core: Core<I>, liveness: Liveness) -> Self {
+        Engine {
+            core,
+            liveness,
+            counters: EngineCounters::default(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    pub fn core(&self) -> &Core<I> {
+        &self.core
+    }
+
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    pub fn liveness(&self) -> LivenessCounters {
+        self.liveness.counters()
+    }
+
+    /// One captured frame, processed at wall clock `now_ms` (monotonic `now` for probe RTTs).
+    pub fn frame(&mut self, frame: &CapturedFrame, now_ms: i64, now: Instant) -> Vec<Change> {
+        self.counters.frames += 1;
+        let parsed = match frame.parse() {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                self.counters.unparsable += 1;
+                self.drops.record(reason);
+                return Vec::new();
+            }
+        };
+        let mut observations = Vec::new();
+        if let Message::Mdns { payload, .. } = &parsed.message {
+            let decoded = super::mdns::decode(parsed.ethernet.src, payload, frame.at_ms);
+            match decoded {
+                Ok(list) if !list.is_empty() => {
+                    self.counters.mdns_decoded += 1;
+                    observations.extend(list);
+                }
+                Ok(_) => {}
+                Err(reason) => self.drops.record(reason),
+            }
+        }
+        if let Some(obs) = observations_from_frame(&parsed, frame.at_ms) {
+            // The liveness observation first, so the session exists before its details.
+            observations.insert(0, self.as_probe_reply(obs, now));
+        }
+        self.apply_all(observations, now_ms)
+    }
+
+    /// An ARP reply or neighbour advertisement that answers a probe in flight becomes a
+    /// `ProbeReply` carrying the RTT; everything else passes unchanged.
+    fn as_probe_reply(&mut self, obs: Observation, now: Instant) -> Observation {
+        let answer = match &obs.kind {
+            ObservationKind::Arp {
+                ip: Some(ip),
+                kind: ArpKind::Reply,
+            } => Some(IpAddr::V4(*ip)),
+            ObservationKind::Ndp {
+                ip: Some(ip),
+                kind: NdpKind::NeighborAdvert,
+            } => Some(IpAddr::V6(*ip)),
+            _ => None,
+        };
+        let Some(ip) = answer else { return obs };
+        match self.liveness.answered(ip, obs.mac, now) {
+            Some(rtt_us) => Observation {
+                kind: ObservationKind::ProbeReply { ip, rtt_us },
+                ..obs
+            },
+            None => obs,
+        }
+    }
+
+    /// What SSDP/UPnP/DIAL identification learnt about the device at an address.
+    pub fn identified(&mut self, found: Identified, now_ms: i64) -> Vec<Change> {
+        let Some(mac) = self.core.mac_for_ip(found.ip) else {
+            self.counters.unmatched_identifications += 1;
+            debug!(ip = %found.ip, "identified a device no open session holds");
+            return Vec::new();
+        };
+        let mut out = self.apply_all(
+            vec![
+                Observation {
+                    mac,
+                    at_ms: now_ms,
+                    kind: ObservationKind::Upnp(found.upnp),
+                },
+                Observation {
+                    mac,
+                    at_ms: now_ms,
+                    kind: ObservationKind::Dial {
+                        apps: found.dial_apps,
+                    },
+                },
+            ],
+            now_ms,
+        );
+        if let Some(esn) = found.esn {
+            let unchanged = self
+                .core
+                .session(&DeviceRef::Mac(mac))
+                .is_some_and(|s| s.record.esn.as_deref() == Some(esn.as_str()));
+            if !unchanged {
+                let action = Action::SetEsn {
+                    device: DeviceRef::Mac(mac),
+                    esn: Some(esn),
+                };
+                match self.core.act(&action, "dial", now_ms) {
+                    Ok(changes) => {
+                        self.counters.changes += changes.len() as u64;
+                        out.extend(changes);
+                    }
+                    Err(err) => {
+                        self.counters.esn_refused += 1;
+                        debug!(%mac, %err, "DIAL offered an ESN the registry refuses");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Observations that arrive by address (answers to queries read from a socket).
+    pub fn by_address(
+        &mut self,
+        ip: IpAddr,
+        kinds: Vec<ObservationKind>,
+        now_ms: i64,
+    ) -> Vec<Change> {
+        let Some(mac) = self.core.mac_for_ip(ip) else {
+            self.counters.unmatched_identifications += 1;
+            return Vec::new();
+        };
+        let observations = kinds
+            .into_iter()
+            .map(|kind| Observation {
+                mac,
+                at_ms: now_ms,
+                kind,
+            })
+            .collect();
+        self.apply_all(observations, now_ms)
+    }
+
+    /// Timers: offline and gone transitions, periodic Snapshots, and the probes due now.
+    pub fn tick(
+        &mut self,
+        now_ms: i64,
+        now: Instant,
+        lan: Option<&LanAddrs>,
+    ) -> (Vec<Change>, Vec<ProbeFrame>) {
+        let changes = self.core.tick(now_ms);
+        self.counters.changes += changes.len() as u64;
+        let due = self.core.due_probes(now_ms);
+        let frames = match lan {
+            Some(lan) if !due.is_empty() => self.liveness.frames(&due, lan, now),
+            _ => Vec::new(),
+        };
+        (changes, frames)
+    }
+
+    pub fn send_failed(&mut self, target: IpAddr) {
+        self.liveness.send_failed(target);
+    }
+
+    pub fn next_deadline(&self, now_ms: i64) -> Option<i64> {
+        self.core.next_deadline(now_ms)
+    }
+
+    pub fn inventory(&self) -> Vec<SessionSeq> {
+        self.core.inventory()
+    }
+
+    pub fn act(
+        &mut self,
+        action: &Action,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Change>, crate::registry::ActionError> {
+        self.core.act(action, by, now_ms)
+    }
+
+    fn apply_all(&mut self, observations: Vec<Observation>, now_ms: i64) -> Vec<Change> {
+        let mut out = Vec::new();
+        for obs in observations {
+            self.counters.observations += 1;
+            out.extend(self.core.apply(obs, now_ms));
+        }
+        self.counters.changes += out.len() as u64;
+        out
+    }
+}
