@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// The Unix socket `raectl` sends actions to.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// How often the counters `raectl status` shows are written to the registry database.
+    #[serde(default = "default_status_interval_secs")]
+    pub status_interval_secs: u64,
 }
 
 /// The broker connection.
@@ -182,6 +185,9 @@ fn default_state_dir() -> PathBuf {
 fn default_control_socket() -> PathBuf {
     PathBuf::from("/run/rae-agent/control.sock")
 }
+fn default_status_interval_secs() -> u64 {
+    5
+}
 fn default_mqtt_port() -> u16 {
     1883
 }
@@ -317,6 +323,9 @@ impl Config {
                 format!("{iface:?} is not a Linux interface name"),
             );
         }
+        if self.agent.status_interval_secs == 0 {
+            return invalid("agent.status_interval_secs", "must be at least 1".into());
+        }
         if self.mqtt.host.trim().is_empty() {
             return invalid("mqtt.host", "must not be empty".into());
         }
@@ -413,6 +422,11 @@ impl fmt::Display for Config {
             f,
             "control socket      {}",
             self.agent.control_socket.display()
+        )?;
+        writeln!(
+            f,
+            "status              written every {} s",
+            self.agent.status_interval_secs
         )?;
         writeln!(
             f,

@@ -31,6 +31,7 @@ pub struct AgentSpec {
     pub ssdp_search_interval_secs: u64,
     pub mdns: bool,
     pub mdns_query_interval_secs: u64,
+    pub status_interval_secs: u64,
     pub log_level: String,
 }
 
@@ -58,6 +59,7 @@ impl AgentSpec {
             ssdp_search_interval_secs: 5,
             mdns: true,
             mdns_query_interval_secs: 5,
+            status_interval_secs: 1,
             log_level: "info,rae_agent=debug".to_owned(),
         }
     }
@@ -65,7 +67,7 @@ impl AgentSpec {
     pub fn toml(&self) -> String {
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
-             control_socket = {:?}\n\
+             control_socket = {:?}\nstatus_interval_secs = {}\n\
              [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n\
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n\
@@ -75,6 +77,7 @@ impl AgentSpec {
             self.interface,
             self.state_dir.display().to_string(),
             self.state_dir.join("control.sock").display().to_string(),
+            self.status_interval_secs,
             self.mqtt_host,
             self.mqtt_port,
             self.probe_interval_secs,

@@ -44,8 +44,6 @@ use status::AgentInfo;
 /// The registry database inside the state directory.
 pub const DATABASE_FILE: &str = "registry.db";
 
-/// How often the status entries are written for `raectl status`.
-const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Frames queued between the capture thread and the core task.
 const FRAME_QUEUE: usize = 4096;
 /// Frames the core task takes per wake-up before it hands their Changes to the store.
@@ -115,7 +113,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (inventory_tx, inventory_rx) = watch::channel(engine.inventory());
     let (pub_status_tx, pub_status_rx) = watch::channel(PublisherStatus::default());
     let publisher = tokio::spawn(publish::run(
-        PublisherSettings::from_config(&config),
+        PublisherSettings::from_config(&config)?,
         store.clone(),
         inventory_rx,
         pub_status_tx,
@@ -154,10 +152,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     notifier.ready(&format!("watching {interface}"));
     info!(%interface, version = agent.version, "agent running");
 
+    let status_every = Duration::from_secs(config.agent.status_interval_secs);
     let mut housekeeping = tokio::time::interval(
         notifier
             .watchdog_interval()
-            .map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)),
+            .map_or(status_every, |w| w.min(status_every)),
     );
     let mut next_status = Instant::now();
     let mut stop = shutdown.clone();
@@ -202,7 +201,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             _ = housekeeping.tick() => {
                 notifier.watchdog();
                 if Instant::now() >= next_status {
-                    next_status = Instant::now() + STATUS_EVERY;
+                    next_status = Instant::now() + status_every;
                     lan = read_lan(&interface, lan);
                     let entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
                     if let Err(err) = store.write_status(entries).await {

@@ -1,65 +1,332 @@
-//! The MQTT owner: drains the outbox to the broker at QoS 1, keeps the retained status with its Last Will, publishes the inventory.
-//! TEMPORARY interface placeholder in the lead's tree; replaced by the publisher helper's module.
+//! The MQTT owner: drains the outbox to the broker at QoS 1, keeps the retained status with its
+//! Last Will, publishes the inventory.
+//!
+//! Parts:
+//! - [`run`] (`publisher.rs`): the publisher task. Rows leave in outbox order, at most
+//!   [`PublisherSettings::max_in_flight`] unacknowledged; a row is deleted only after a PUBACK
+//!   with a success reason code. A refused row (e.g. 0x87, not authorized) stays and is retried
+//!   after a backoff; after a reconnect every unacknowledged row is sent again. Retained
+//!   `online` after every CONNACK, retained `offline` as the Last Will and on shutdown, the
+//!   inventory after every connect and every [`PublisherSettings::inventory_interval`].
+//! - `driver.rs`: the loop that polls rumqttc's event loop; `flight.rs`: maps PUBACKs back to
+//!   outbox rows; `backoff.rs`: exponential backoff with jitter.
+//!
+//! Limitations: no TLS in this build (rumqttc is built without a TLS stack), so a configured
+//! `[mqtt.tls]` is an error, not ignored. Every connection is a clean start: the outbox, not
+//! the broker session, holds what is unacknowledged. Commands (`cmd/...`) are not handled yet.
+
+mod backoff;
+mod driver;
+mod flight;
+mod publisher;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rae_proto::{Serial, SessionSeq};
-use tokio::sync::watch;
+use rae_proto::{NameError, Serial};
 
-use crate::store::StoreHandle;
+use crate::config::{Config, TlsConfig};
+use crate::store::StoreError;
 
-#[derive(Debug, thiserror::Error)]
-#[error("publisher placeholder")]
-pub struct PublishError;
+pub use publisher::run;
 
-#[derive(Clone, Debug)]
+/// The publisher's settings; [`PublisherSettings::from_config`] fills them from the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherSettings {
     pub serial: Serial,
     pub host: String,
     pub port: u16,
     pub client_id: String,
+    /// At least 5 s (rumqttc's minimum).
     pub keep_alive: Duration,
     pub inventory_interval: Duration,
+    /// Outbox rows published and not yet acknowledged, at most (the broker may allow fewer).
     pub max_in_flight: u16,
+    /// Reconnects and retries of refused rows back off between these, with jitter.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Goes into the retained status.
     pub agent_version: String,
+    /// Client-certificate TLS: not supported by this build, [`run`] refuses it.
+    pub tls: Option<TlsConfig>,
+    /// User name and password, for brokers that authenticate that way (the config file has no
+    /// keys for them: on an RAE the client certificate is the identity).
+    pub credentials: Option<Credentials>,
+}
+
+/// An MQTT user name and password; `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 impl PublisherSettings {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        PublisherSettings {
-            serial: Serial::new(&config.agent.serial).expect("validated"),
+    pub const DEFAULT_MAX_IN_FLIGHT: u16 = 32;
+    pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+    /// The settings a configuration asks for, with the defaults for what it does not name.
+    /// Fails only on a serial that [`Config::validate`] would also reject.
+    pub fn from_config(config: &Config) -> Result<Self, PublishError> {
+        let serial =
+            Serial::new(config.agent.serial.as_str()).map_err(|source| PublishError::Serial {
+                serial: config.agent.serial.clone(),
+                source,
+            })?;
+        Ok(PublisherSettings {
+            serial,
             host: config.mqtt.host.clone(),
             port: config.mqtt.port,
             client_id: config.client_id().to_owned(),
             keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
             inventory_interval: Duration::from_secs(config.publish.inventory_interval_secs),
-            max_in_flight: 32,
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            agent_version: String::new(),
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            backoff_min: Self::DEFAULT_BACKOFF_MIN,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            tls: config.mqtt.tls.clone(),
+            credentials: None,
+        })
+    }
+
+    /// What [`run`] refuses before it connects.
+    fn check(&self) -> Result<(), PublishError> {
+        if let Some(tls) = &self.tls {
+            return Err(PublishError::TlsUnsupported {
+                cert_file: tls.cert_file.clone(),
+            });
         }
+        let invalid = |setting, reason: String| Err(PublishError::Settings { setting, reason });
+        if self.keep_alive < Duration::from_secs(5) {
+            return invalid(
+                "keep_alive",
+                format!("{:?} is below the minimum of 5 s", self.keep_alive),
+            );
+        }
+        if self.inventory_interval < Duration::from_millis(100) {
+            return invalid(
+                "inventory_interval",
+                format!(
+                    "{:?} is below the minimum of 100 ms",
+                    self.inventory_interval
+                ),
+            );
+        }
+        if self.max_in_flight == 0 {
+            return invalid("max_in_flight", "must be at least 1".into());
+        }
+        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+            return invalid(
+                "backoff_min",
+                format!(
+                    "{:?} must be above zero and not above backoff_max {:?}",
+                    self.backoff_min, self.backoff_max
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
+/// What the publisher reports, for `raectl status` and the daemon's health.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PublisherStatus {
     pub connected: bool,
+    /// When `connected` last changed (RAE wall clock, unix ms).
+    pub since_ms: Option<i64>,
+    /// The latest connection error, kept after a reconnect.
+    pub last_error: Option<String>,
+    /// Outbox rows handed to the broker, re-sends included.
+    pub published: u64,
+    /// Outbox rows acknowledged with a success reason code (and deleted).
+    pub acked: u64,
+    /// PUBACKs with a failure reason code, whatever the topic.
+    pub refused: u64,
+    /// Rows published again: after a reconnect or a refusal.
+    pub resent: u64,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Inventories the broker acknowledged.
+    pub inventories: u64,
 }
 
 impl PublisherStatus {
+    /// The status as `raectl status` entries.
     pub fn entries(&self) -> Vec<(String, String)> {
-        Vec::new()
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let entries = [
+            ("broker.connected", yes_no(self.connected).to_owned()),
+            (
+                "broker.since_ms",
+                self.since_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+            ),
+            (
+                "broker.last_error",
+                self.last_error.clone().unwrap_or_default(),
+            ),
+            ("publish.published", self.published.to_string()),
+            ("publish.acked", self.acked.to_string()),
+            ("publish.refused", self.refused.to_string()),
+            ("publish.resent", self.resent.to_string()),
+            ("broker.reconnects", self.reconnects.to_string()),
+            ("publish.inventories", self.inventories.to_string()),
+        ];
+        entries
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
     }
 }
 
-pub async fn run(
-    _settings: PublisherSettings,
-    _store: StoreHandle,
-    _inventory: watch::Receiver<Vec<SessionSeq>>,
-    _status: watch::Sender<PublisherStatus>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), PublishError> {
-    let _ = shutdown.wait_for(|s| *s).await;
-    Ok(())
+/// Why the publisher cannot run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(
+        "MQTT over TLS is configured ([mqtt.tls], certificate {cert_file}) but this build of \
+         rae-agent has no TLS support; remove [mqtt.tls] or use a build with TLS"
+    )]
+    TlsUnsupported { cert_file: PathBuf },
+    #[error("agent serial {serial:?} is not valid: {source}")]
+    Serial {
+        serial: String,
+        #[source]
+        source: NameError,
+    },
+    #[error("publisher setting {setting}: {reason}")]
+    Settings {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("cannot encode the {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: rae_proto::EncodeError,
+    },
+    #[error("the outbox is not available")]
+    Store(#[from] StoreError),
+    #[error("the MQTT client refused a request ({what})")]
+    Client {
+        what: &'static str,
+        #[source]
+        source: Box<rumqttc::v5::ClientError>,
+    },
+    #[error("the MQTT event loop stopped")]
+    DriverStopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+        [agent]
+        serial = "RAE-0001"
+        lan_interface = "lan0"
+        [mqtt]
+        host = "broker.lab"
+        keep_alive_secs = 20
+        [publish]
+        inventory_interval_secs = 30
+    "#;
+
+    #[test]
+    fn settings_follow_the_config() {
+        let config = Config::parse(CONFIG).unwrap();
+        let settings = PublisherSettings::from_config(&config).unwrap();
+        assert_eq!(settings.serial.as_str(), "RAE-0001");
+        assert_eq!(settings.client_id, "RAE-0001");
+        assert_eq!(
+            (settings.host.as_str(), settings.port),
+            ("broker.lab", 1883)
+        );
+        assert_eq!(settings.keep_alive, Duration::from_secs(20));
+        assert_eq!(settings.inventory_interval, Duration::from_secs(30));
+        assert_eq!(settings.max_in_flight, 32);
+        assert_eq!(settings.agent_version, env!("CARGO_PKG_VERSION"));
+        assert!(settings.check().is_ok());
+    }
+
+    #[test]
+    fn tls_and_bad_settings_are_refused_with_their_reason() {
+        let text = format!(
+            "{CONFIG}\n[mqtt.tls]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let settings = PublisherSettings::from_config(&config).unwrap();
+        let err = settings.check().unwrap_err();
+        assert!(matches!(err, PublishError::TlsUnsupported { .. }));
+        assert!(err.to_string().contains("no TLS support"), "{err}");
+
+        let mut config = Config::parse(CONFIG).unwrap();
+        config.agent.serial = "bad/serial".into();
+        assert!(matches!(
+            PublisherSettings::from_config(&config),
+            Err(PublishError::Serial { .. })
+        ));
+
+        let config = Config::parse(CONFIG).unwrap();
+        let good = PublisherSettings::from_config(&config).unwrap();
+        let cases = [
+            PublisherSettings {
+                keep_alive: Duration::from_secs(1),
+                ..good.clone()
+            },
+            PublisherSettings {
+                max_in_flight: 0,
+                ..good.clone()
+            },
+            PublisherSettings {
+                backoff_min: Duration::from_secs(9),
+                backoff_max: Duration::from_secs(2),
+                ..good.clone()
+            },
+        ];
+        for settings in cases {
+            assert!(matches!(
+                settings.check(),
+                Err(PublishError::Settings { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn status_entries_use_the_documented_keys() {
+        let status = PublisherStatus {
+            connected: true,
+            since_ms: Some(42),
+            published: 3,
+            ..PublisherStatus::default()
+        };
+        let entries = status.entries();
+        let keys: Vec<_> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.connected",
+                "broker.since_ms",
+                "broker.last_error",
+                "publish.published",
+                "publish.acked",
+                "publish.refused",
+                "publish.resent",
+                "broker.reconnects",
+                "publish.inventories",
+            ]
+        );
+        assert_eq!(entries[0].1, "yes");
+        assert_eq!(entries[1].1, "42");
+        assert_eq!(entries[2].1, "");
+        assert_eq!(entries[3].1, "3");
+    }
 }

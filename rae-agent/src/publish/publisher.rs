@@ -1,0 +1,612 @@
+//! The publisher task: outbox drain, retained status, inventory, reconnects and shutdown.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rae_proto::{AgentState, Inventory, SessionSeq, Status, Topic};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, LastWill, Packet, PubAck, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::Outgoing;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use super::backoff::Backoff;
+use super::driver::{drive, DriverEvent};
+use super::flight::{Flight, FlightError, Item};
+use super::{PublishError, PublisherSettings, PublisherStatus};
+use crate::store::{StoreError, StoreHandle};
+
+/// How long a shutdown waits for the PUBACKs of what is in flight and of the `offline` status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a shutdown waits for the DISCONNECT to be written.
+const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
+/// Acks gathered into one store transaction at most (they are gathered while events are ready).
+const ACK_BATCH: usize = 256;
+const EVENT_CHANNEL: usize = 64;
+
+/// Runs the publisher until `shutdown` becomes true (or its sender is dropped); see the module
+/// documentation. Returns an error for settings it cannot run with (TLS included) and when
+/// the store thread stops.
+pub async fn run(
+    settings: PublisherSettings,
+    store: StoreHandle,
+    inventory: watch::Receiver<Vec<SessionSeq>>,
+    status: watch::Sender<PublisherStatus>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PublishError> {
+    settings.check()?;
+    let status_topic = Topic::status(settings.serial.clone()).to_string();
+    let last_will = {
+        let settings = settings.clone();
+        let topic = status_topic.clone();
+        move || -> Result<LastWill, PublishError> {
+            let payload = status_payload(&settings, AgentState::Offline)?;
+            Ok(LastWill::new(&topic, payload, QoS::AtLeastOnce, true, None))
+        }
+    };
+    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_clean_start(true)
+        .set_outgoing_inflight_upper_limit(settings.max_in_flight)
+        .set_last_will(last_will()?);
+    if let Some(credentials) = &settings.credentials {
+        options.set_credentials(&credentials.user, &credentials.password);
+    }
+    // Room for every row in flight plus the status, the inventory and a DISCONNECT, so that
+    // queueing a request never waits (see `Publisher::fill`).
+    let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
+    let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
+    let driver = drive(eventloop, events_tx, move || last_will().ok());
+    let publisher = Publisher::new(settings, store, client, inventory, status, status_topic);
+    let main = publisher.run(events, shutdown);
+    tokio::pin!(driver, main);
+    // Both run in this task, so dropping `run` drops the connection with it (the broker then
+    // sends the Last Will). The driver ends only once the publisher let go of it.
+    tokio::select! {
+        biased;
+        result = &mut main => return result,
+        () = &mut driver => {}
+    }
+    main.await
+}
+
+/// Where the connection stands, for logging state changes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not connected yet since start-up.
+    Starting,
+    Up {
+        since: Instant,
+    },
+    Down,
+}
+
+/// Whether rows may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    None,
+    /// A row was refused: send no rows before this.
+    Until(Instant),
+    /// Send again from the oldest row once no row is in flight.
+    Rewind,
+}
+
+/// Topic kinds, for logging refusals once per kind and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Devices = 0,
+    Status = 1,
+    Inventory = 2,
+}
+
+impl Kind {
+    fn of(item: Item) -> Kind {
+        match item {
+            Item::Row(_) => Kind::Devices,
+            Item::Status(_) => Kind::Status,
+            Item::Inventory => Kind::Inventory,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Devices => "devices",
+            Kind::Status => "status",
+            Kind::Inventory => "inventory",
+        }
+    }
+}
+
+struct Publisher {
+    settings: PublisherSettings,
+    store: StoreHandle,
+    client: AsyncClient,
+    inventory: watch::Receiver<Vec<SessionSeq>>,
+    status_tx: watch::Sender<PublisherStatus>,
+    status: PublisherStatus,
+    status_topic: String,
+    inventory_topic: String,
+    flight: Flight,
+    link: Link,
+    /// The highest row id queued on this connection; the next peek starts after it.
+    cursor: i64,
+    /// The highest row id ever queued; a row at or below it is a re-send.
+    sent_through: i64,
+    /// The outbox may hold rows after `cursor`.
+    outbox_more: bool,
+    /// Rows in flight at most: ours, or the broker's Receive Maximum if lower.
+    limit: usize,
+    pause: Pause,
+    /// The last refusal logged, per [`Kind`].
+    refusals: [Option<PubAckReason>; 3],
+    retry_backoff: Backoff,
+    connect_backoff: Backoff,
+    /// Rows acknowledged, not yet deleted from the outbox.
+    acks: Vec<i64>,
+    next_inventory: Instant,
+    /// The event stream stopped matching the bookkeeping; wait for the reconnect.
+    desynced: bool,
+    stopping: bool,
+}
+
+impl Publisher {
+    fn new(
+        settings: PublisherSettings,
+        store: StoreHandle,
+        client: AsyncClient,
+        inventory: watch::Receiver<Vec<SessionSeq>>,
+        status_tx: watch::Sender<PublisherStatus>,
+        status_topic: String,
+    ) -> Publisher {
+        let inventory_topic = Topic::inventory(settings.serial.clone()).to_string();
+        let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+        let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+        let limit = usize::from(settings.max_in_flight);
+        Publisher {
+            settings,
+            store,
+            client,
+            inventory,
+            status_tx,
+            status: PublisherStatus::default(),
+            status_topic,
+            inventory_topic,
+            flight: Flight::default(),
+            link: Link::Starting,
+            cursor: 0,
+            sent_through: 0,
+            outbox_more: true,
+            limit,
+            pause: Pause::None,
+            refusals: [None; 3],
+            retry_backoff,
+            connect_backoff,
+            acks: Vec::new(),
+            next_inventory: Instant::now(),
+            desynced: false,
+            stopping: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<DriverEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), PublishError> {
+        let mut outbox = self.store.outbox_watch();
+        outbox.borrow_and_update();
+        self.publish_status();
+        tracing::info!(
+            broker = %self.broker(),
+            client_id = %self.settings.client_id,
+            "publisher starting"
+        );
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            self.fill().await?;
+            self.publish_status();
+            let retry_at = match self.pause {
+                Pause::Until(at) => Some(at),
+                Pause::None | Pause::Rewind => None,
+            };
+            let up = self.is_up();
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    // Nobody left to ask for a shutdown: the daemon is going away.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                event = events.recv() => {
+                    let Some(event) = event else {
+                        return Err(PublishError::DriverStopped);
+                    };
+                    self.handle(event)?;
+                    while self.acks.len() < ACK_BATCH {
+                        match events.try_recv() {
+                            Ok(event) => self.handle(event)?,
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush_acks().await?;
+                }
+                changed = outbox.changed() => {
+                    if changed.is_err() {
+                        return Err(PublishError::Store(StoreError::ThreadStopped));
+                    }
+                    self.outbox_more = true;
+                }
+                () = sleep_until(self.next_inventory), if up => self.send_inventory()?,
+                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.pause = Pause::Rewind;
+                }
+            }
+        }
+        self.shut_down(&mut events).await
+    }
+
+    fn handle(&mut self, event: DriverEvent) -> Result<(), PublishError> {
+        let event = match event {
+            DriverEvent::Mqtt(event) => *event,
+            DriverEvent::Lost { error, resume } => {
+                self.lost(&error, resume);
+                return Ok(());
+            }
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => self.connected(&ack)?,
+            Event::Incoming(Packet::PubAck(ack)) => self.puback(&ack),
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let result = self.flight.written(pkid);
+                self.check_flight(result);
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                let result = self.flight.held_back(pkid);
+                self.check_flight(result);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn connected(&mut self, ack: &ConnAck) -> Result<(), PublishError> {
+        if self.link != Link::Starting {
+            self.status.reconnects += 1;
+        }
+        self.link = Link::Up {
+            since: Instant::now(),
+        };
+        self.status.connected = true;
+        self.status.since_ms = Some(now_ms());
+        let broker_max = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.receive_max)
+            .map_or(usize::MAX, usize::from);
+        self.limit = usize::from(self.settings.max_in_flight)
+            .min(broker_max)
+            .max(1);
+        // A clean start: every unacknowledged row goes out again, from the oldest.
+        self.flight.clear();
+        self.desynced = false;
+        self.cursor = 0;
+        self.outbox_more = true;
+        if self.pause == Pause::Rewind {
+            self.pause = Pause::None;
+        }
+        tracing::info!(
+            broker = %self.broker(),
+            reconnects = self.status.reconnects,
+            in_flight_limit = self.limit,
+            "connected to the MQTT broker"
+        );
+        self.send_status(AgentState::Online)?;
+        self.send_inventory()
+    }
+
+    fn puback(&mut self, ack: &PubAck) {
+        if self.desynced {
+            return;
+        }
+        // rumqttc itself fails the connection on an ack for an id it never sent.
+        let Some(item) = self.flight.acked(ack.pkid) else {
+            return;
+        };
+        let kind = Kind::of(item);
+        if matches!(
+            ack.reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ) {
+            match item {
+                Item::Row(id) => {
+                    self.acks.push(id);
+                    self.status.acked += 1;
+                }
+                Item::Inventory => self.status.inventories += 1,
+                Item::Status(_) => {}
+            }
+            if self.refusals[kind as usize].take().is_some() {
+                tracing::info!(topic = kind.name(), "the broker accepts publishes again");
+                if kind == Kind::Devices {
+                    self.retry_backoff.reset();
+                }
+            }
+            return;
+        }
+        self.status.refused += 1;
+        if self.refusals[kind as usize] != Some(ack.reason) {
+            self.refusals[kind as usize] = Some(ack.reason);
+            tracing::warn!(
+                topic = kind.name(),
+                reason = %format!("{:#04x} {:?}", reason_code(ack.reason), ack.reason),
+                "the broker refuses publishes; refused device events stay in the outbox and are retried"
+            );
+        }
+        if kind == Kind::Devices && self.pause == Pause::None {
+            self.pause = Pause::Until(Instant::now() + self.retry_backoff.next_delay());
+        }
+    }
+
+    fn check_flight(&mut self, result: Result<(), FlightError>) {
+        let Err(error) = result else { return };
+        if self.desynced {
+            return;
+        }
+        // Acking by a wrong mapping could delete a row the broker never got: stop trusting
+        // PUBACKs and reconnect, which re-sends every unacknowledged row.
+        tracing::error!(cause = %error, "lost track of in-flight publishes; reconnecting");
+        self.desynced = true;
+        if let Err(err) = self.client.try_disconnect() {
+            tracing::warn!(cause = %err, "cannot ask the MQTT client to disconnect");
+        }
+    }
+
+    fn lost(&mut self, error: &ConnectionError, resume: oneshot::Sender<Duration>) {
+        let cause = error_chain(error);
+        match self.link {
+            Link::Up { since } => {
+                tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");
+                // A connection that held for a while starts the backoff over.
+                if since.elapsed() >= self.connect_backoff.max() {
+                    self.connect_backoff.reset();
+                }
+            }
+            Link::Starting => {
+                tracing::warn!(cause = %cause, broker = %self.broker(), "cannot connect to the MQTT broker; retrying with backoff");
+            }
+            Link::Down => tracing::debug!(cause = %cause, "reconnect failed"),
+        }
+        if self.link != Link::Down {
+            self.status.since_ms = Some(now_ms());
+        }
+        self.link = Link::Down;
+        self.status.connected = false;
+        self.status.last_error = Some(cause);
+        self.flight.clear();
+        self.desynced = false;
+        self.cursor = 0;
+        if self.stopping {
+            // Dropping `resume` ends the driver.
+            return;
+        }
+        // The driver is gone if this fails, which the event channel reports next.
+        let _ = resume.send(self.connect_backoff.next_delay());
+    }
+
+    /// Queues outbox rows while there is room in flight.
+    async fn fill(&mut self) -> Result<(), PublishError> {
+        if !self.is_up() || self.desynced {
+            return Ok(());
+        }
+        if self.pause == Pause::Rewind && self.flight.rows() == 0 {
+            self.cursor = 0;
+            self.outbox_more = true;
+            self.pause = Pause::None;
+        }
+        while self.pause == Pause::None && self.outbox_more && self.flight.rows() < self.limit {
+            let room = self.limit - self.flight.rows();
+            let rows = self.store.outbox_peek(self.cursor, room).await?;
+            self.outbox_more = rows.len() == room;
+            for row in rows {
+                self.client
+                    .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
+                    .map_err(|source| PublishError::Client {
+                        what: "publish an outbox row",
+                        source: Box::new(source),
+                    })?;
+                self.flight.queue(Item::Row(row.id));
+                self.cursor = row.id;
+                self.status.published += 1;
+                if row.id <= self.sent_through {
+                    self.status.resent += 1;
+                } else {
+                    self.sent_through = row.id;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_status(&mut self, state: AgentState) -> Result<(), PublishError> {
+        let payload = status_payload(&self.settings, state)?;
+        self.client
+            .try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, payload)
+            .map_err(|source| PublishError::Client {
+                what: "publish the status",
+                source: Box::new(source),
+            })?;
+        self.flight.queue(Item::Status(state));
+        Ok(())
+    }
+
+    fn send_inventory(&mut self) -> Result<(), PublishError> {
+        self.next_inventory = Instant::now() + self.settings.inventory_interval;
+        if !self.is_up() || self.desynced {
+            return Ok(());
+        }
+        if self.flight.contains(Item::Inventory) {
+            tracing::debug!("the previous inventory is still unacknowledged; skipping one");
+            return Ok(());
+        }
+        let inventory = Inventory {
+            serial: self.settings.serial.clone(),
+            at_ms: now_ms(),
+            sessions: self.inventory.borrow().clone(),
+        };
+        let payload = match inventory.encode() {
+            Ok(payload) => payload,
+            Err(err) => {
+                // At most once per interval; the sink keeps the previous inventory.
+                tracing::warn!(cause = %err, sessions = inventory.sessions.len(), "cannot encode the inventory");
+                return Ok(());
+            }
+        };
+        self.client
+            .try_publish(
+                self.inventory_topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .map_err(|source| PublishError::Client {
+                what: "publish the inventory",
+                source: Box::new(source),
+            })?;
+        self.flight.queue(Item::Inventory);
+        Ok(())
+    }
+
+    async fn flush_acks(&mut self) -> Result<(), PublishError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.acks);
+        self.store.outbox_ack(ids).await?;
+        Ok(())
+    }
+
+    /// Retained `offline`, the PUBACKs in flight (bounded), a clean DISCONNECT.
+    async fn shut_down(
+        mut self,
+        events: &mut mpsc::Receiver<DriverEvent>,
+    ) -> Result<(), PublishError> {
+        self.stopping = true;
+        if self.is_up() && !self.desynced {
+            self.send_status(AgentState::Offline)?;
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while self.is_up() && !self.flight.is_empty() {
+                match timeout_at(deadline, events.recv()).await {
+                    Ok(Some(event)) => self.handle(event)?,
+                    Ok(None) => break,
+                    Err(_elapsed) => {
+                        tracing::warn!(
+                            rows = self.flight.rows(),
+                            "stopping with publishes unacknowledged; their rows stay in the outbox"
+                        );
+                        break;
+                    }
+                }
+            }
+            self.flush_acks().await?;
+            if self.is_up() && self.client.try_disconnect().is_ok() {
+                let deadline = Instant::now() + DISCONNECT_GRACE;
+                while self.is_up() {
+                    match timeout_at(deadline, events.recv()).await {
+                        Ok(Some(DriverEvent::Mqtt(event)))
+                            if matches!(*event, Event::Outgoing(Outgoing::Disconnect)) =>
+                        {
+                            break
+                        }
+                        Ok(Some(event)) => self.handle(event)?,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        self.flush_acks().await?;
+        if self.status.connected {
+            self.status.connected = false;
+            self.status.since_ms = Some(now_ms());
+        }
+        self.publish_status();
+        tracing::info!(
+            published = self.status.published,
+            acked = self.status.acked,
+            "publisher stopped"
+        );
+        Ok(())
+    }
+
+    fn is_up(&self) -> bool {
+        matches!(self.link, Link::Up { .. })
+    }
+
+    fn broker(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    fn publish_status(&self) {
+        let current = &self.status;
+        self.status_tx.send_if_modified(|shown| {
+            if shown == current {
+                return false;
+            }
+            shown.clone_from(current);
+            true
+        });
+    }
+}
+
+fn status_payload(
+    settings: &PublisherSettings,
+    state: AgentState,
+) -> Result<Vec<u8>, PublishError> {
+    Status {
+        serial: settings.serial.clone(),
+        state,
+        agent_version: settings.agent_version.clone(),
+        at_ms: now_ms(),
+    }
+    .encode()
+    .map_err(|source| PublishError::Encode {
+        what: "status",
+        source,
+    })
+}
+
+/// The MQTT v5 reason code, as operators and broker logs write it.
+fn reason_code(reason: PubAckReason) -> u8 {
+    match reason {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The RAE wall clock, unix ms (0 if the clock is before 1970).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
