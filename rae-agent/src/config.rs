@@ -396,6 +396,30 @@ impl Config {
         Ok(())
     }
 
+    /// The defaults, for `--pcap` replays without a config file (no interface, no broker).
+    pub fn for_replay() -> Config {
+        Config {
+            agent: AgentConfig {
+                serial: "REPLAY".to_owned(),
+                lan_interface: "replay".to_owned(),
+                state_dir: default_state_dir(),
+                control_socket: default_control_socket(),
+                status_interval_secs: default_status_interval_secs(),
+            },
+            mqtt: MqttConfig {
+                host: "localhost".to_owned(),
+                port: default_mqtt_port(),
+                client_id: None,
+                keep_alive_secs: default_keep_alive_secs(),
+                tls: None,
+            },
+            registry: RegistryConfig::default(),
+            publish: PublishConfig::default(),
+            probe: ProbeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+
     /// The MQTT client id: the configured one, else the serial.
     pub fn client_id(&self) -> &str {
         self.mqtt.client_id.as_deref().unwrap_or(&self.agent.serial)

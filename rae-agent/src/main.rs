@@ -36,18 +36,40 @@ struct Args {
     /// Override log.level (a tracing filter such as `debug` or `rae_agent=trace`).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Replay a capture (pcap or pcapng, Ethernet) through the parsers and the registry core
+    /// instead of running the daemon: prints every Change, then a summary. Needs no root, no
+    /// network and no broker; the registry timers come from the config file when there is
+    /// one, else the defaults.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// With --pcap: JSON lines instead of text.
+    #[arg(long, requires = "pcap")]
+    json: bool,
+    /// With --pcap: only the summary.
+    #[arg(long, requires = "pcap")]
+    quiet: bool,
+    /// With --pcap: verify UDP checksums (off by default: a capture cannot say which frames
+    /// had checksum offload pending).
+    #[arg(long, requires = "pcap")]
+    verify_checksums: bool,
+    /// With --pcap: a MAC of the RAE itself, whose frames are not a device (repeatable).
+    #[arg(long, value_name = "MAC", requires = "pcap")]
+    own_mac: Vec<rae_proto::Mac>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let overrides = Overrides {
-        serial: args.serial,
-        lan_interface: args.interface,
-        state_dir: args.state_dir,
-        mqtt_host: args.mqtt_host,
+        serial: args.serial.clone(),
+        lan_interface: args.interface.clone(),
+        state_dir: args.state_dir.clone(),
+        mqtt_host: args.mqtt_host.clone(),
         mqtt_port: args.mqtt_port,
-        log_level: args.log_level,
+        log_level: args.log_level.clone(),
     };
+    if let Some(path) = &args.pcap {
+        return replay(path, &args, &overrides);
+    }
     let config = match Config::load(&args.config, &overrides) {
         Ok(config) => config,
         Err(err) => {
@@ -98,6 +120,37 @@ async fn run(config: Config) -> Result<(), rae_agent::daemon::DaemonError> {
         let _ = stop_tx.send(true);
     });
     rae_agent::daemon::run(config, stop_rx).await
+}
+
+/// `--pcap`: the config file's timers if it exists, else the defaults.
+fn replay(path: &std::path::Path, args: &Args, overrides: &Overrides) -> ExitCode {
+    let config = if args.config.exists() {
+        Config::load(&args.config, overrides)
+    } else {
+        Ok(Config::for_replay())
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("rae-agent: {}", error_chain(&err));
+            return ExitCode::from(2);
+        }
+    };
+    let options = rae_agent::replay::ReplayOptions {
+        json: args.json,
+        quiet: args.quiet,
+        verify_checksums: args.verify_checksums,
+        own_macs: args.own_mac.clone(),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    match rae_agent::replay::replay(path, &config, &options, &mut out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rae-agent: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_tracing(config: &Config) {

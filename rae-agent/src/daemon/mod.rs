@@ -255,14 +255,30 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 fn log_changes(changes: &[Change]) {
     for change in changes {
         match change {
-            Change::Opened { session, record, cause, .. } => info!(
+            Change::Opened {
+                session,
+                record,
+                cause,
+                ..
+            } => info!(
                 mac = %record.mac, ipv4 = ?record.ipv4, %session, cause = %cause.summary,
                 "device session opened"
             ),
-            Change::Closed { session, mac, reason, .. } => {
+            Change::Closed {
+                session,
+                mac,
+                reason,
+                ..
+            } => {
                 info!(%mac, %session, ?reason, "device session closed")
             }
-            Change::Updated { session, mac, fields, cause, .. } => tracing::debug!(
+            Change::Updated {
+                session,
+                mac,
+                fields,
+                cause,
+                ..
+            } => tracing::debug!(
                 %mac, %session, fields = fields.len(), cause = %cause.summary, "device updated"
             ),
             _ => {}
