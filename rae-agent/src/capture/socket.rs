@@ -76,6 +76,13 @@ pub(crate) struct PacketSocket {
     fd: OwnedFd,
 }
 
+/// Multicast MACs of 224.0.0.251 and ff02::fb (mDNS) and 239.255.255.250 (SSDP).
+const LISTENED_GROUPS: [[u8; 6]; 3] = [
+    [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb],
+    [0x33, 0x33, 0x00, 0x00, 0x00, 0xfb],
+    [0x01, 0x00, 0x5e, 0x7f, 0xff, 0xfa],
+];
+
 fn os_error(interface: &str, step: &'static str) -> CaptureError {
     CaptureError::Socket {
         interface: interface.to_string(),
@@ -234,6 +241,21 @@ impl PacketSocket {
             };
             set_option(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &request)
                 .map_err(at("PACKET_ADD_MEMBERSHIP"))?;
+        }
+        // The groups the registry reads (mDNS v4/v6, SSDP): a plain NIC's hardware filter
+        // passes their frames only once someone asked for them. Link-layer membership sends
+        // no IGMP/MLD report, unlike joining the IP group would.
+        for group in LISTENED_GROUPS {
+            let mut mr_address = [0u8; 8];
+            mr_address[..6].copy_from_slice(&group);
+            let request = libc::packet_mreq {
+                mr_ifindex: ifindex,
+                mr_type: libc::PACKET_MR_MULTICAST as u16,
+                mr_alen: 6,
+                mr_address,
+            };
+            set_option(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &request)
+                .map_err(at("PACKET_ADD_MEMBERSHIP (multicast)"))?;
         }
         let mut pending = 0i32;
         get_option(&fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut pending).map_err(at("SO_ERROR"))?;

@@ -40,6 +40,10 @@ pub struct Engine<I: SessionIds> {
     liveness: Liveness,
     counters: EngineCounters,
     drops: DropCounters,
+    mdns: super::mdns::MdnsDecoder,
+    /// Service types learnt from mDNS answers, each once, for the querier to ask about.
+    mdns_types: std::collections::BTreeSet<String>,
+    new_mdns_types: Vec<String>,
 }
 
 impl<I: SessionIds> Engine<I> {
@@ -49,7 +53,15 @@ impl<I: SessionIds> Engine<I> {
             liveness,
             counters: EngineCounters::default(),
             drops: DropCounters::default(),
+            mdns: super::mdns::MdnsDecoder::default(),
+            mdns_types: std::collections::BTreeSet::new(),
+            new_mdns_types: Vec::new(),
         }
+    }
+
+    /// Service types learnt since the last call (for the mDNS querier).
+    pub fn take_new_mdns_types(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_mdns_types)
     }
 
     pub fn core(&self) -> &Core<I> {
@@ -81,13 +93,22 @@ impl<I: SessionIds> Engine<I> {
         };
         let mut observations = Vec::new();
         if let Message::Mdns { payload, .. } = &parsed.message {
-            let decoded = super::mdns::decode(parsed.ethernet.src, payload, frame.at_ms);
-            match decoded {
-                Ok(list) if !list.is_empty() => {
-                    self.counters.mdns_decoded += 1;
-                    observations.extend(list);
+            match self.mdns.decode(parsed.ethernet.src, payload, frame.at_ms) {
+                Ok(decoded) => {
+                    if !decoded.observations.is_empty() {
+                        self.counters.mdns_decoded += 1;
+                    }
+                    observations.extend(decoded.observations);
+                    for service_type in decoded.types {
+                        // Bounded by the decoder's max_types per packet and the querier's
+                        // own max_types; the set only remembers what was handed over.
+                        if self.mdns_types.len() < 256
+                            && self.mdns_types.insert(service_type.clone())
+                        {
+                            self.new_mdns_types.push(service_type);
+                        }
+                    }
                 }
-                Ok(_) => {}
                 Err(reason) => self.drops.record(reason),
             }
         }

@@ -32,6 +32,7 @@ use crate::capture::{self, CaptureConfig, CaptureError, CapturedFrame};
 use crate::config::Config;
 use crate::probe::identify::interface_ipv4;
 use crate::probe::liveness::{LanAddrs, Liveness, TxSocket};
+use crate::probe::mdns_query::{MdnsQuerier, MdnsQuerySettings};
 use crate::probe::{Identified, ProbeError, SsdpSearch, SsdpSettings};
 use crate::publish::{self, PublishError, PublisherSettings, PublisherStatus};
 use crate::registry::{Change, Core, CoreConfig, CoreConfigError, RestoredSession};
@@ -142,6 +143,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut lan = read_lan(&interface, None);
     let (ssdp_tx, mut ssdp_rx) = mpsc::channel::<Identified>(64);
     let ssdp = start_ssdp(&config, &interface, ssdp_tx, shutdown.clone());
+    let (types_tx, types_rx) = mpsc::channel::<Vec<String>>(16);
+    let mdns = start_mdns(&config, &interface, types_rx, shutdown.clone());
 
     let agent = AgentInfo {
         version: env!("CARGO_PKG_VERSION"),
@@ -210,6 +213,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 }
             }
         }
+        let types = engine.take_new_mdns_types();
+        if !types.is_empty() && types_tx.try_send(types).is_err() {
+            // The querier is off or busy; it re-enumerates every interval anyway.
+            tracing::debug!("mDNS types not handed to the querier");
+        }
         if !changes.is_empty() {
             log_changes(&changes);
             if let Err(err) = store.submit(changes).await {
@@ -237,7 +245,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let flushed = store.flush().await;
     let _ = store.write_status(entries).await;
     stop_publisher(publisher).await;
-    if let Some(task) = ssdp {
+    for task in [ssdp, mdns].into_iter().flatten() {
         task.abort();
     }
     let closed = store.shutdown().await;
@@ -358,6 +366,35 @@ fn start_ssdp(
         };
         if let Err(err) = search.run(out, stopped).await {
             warn!(cause = %crate::error_chain(&err), "SSDP identification stopped");
+        }
+    }))
+}
+
+fn start_mdns(
+    config: &Config,
+    interface: &str,
+    types: mpsc::Receiver<Vec<String>>,
+    shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    if !config.probe.mdns {
+        return None;
+    }
+    let settings = MdnsQuerySettings {
+        rebrowse_every: Duration::from_secs(config.probe.mdns_query_interval_secs),
+        ..MdnsQuerySettings::default()
+    };
+    let querier = match MdnsQuerier::bind(interface, settings) {
+        Ok(querier) => querier,
+        Err(err) => {
+            warn!(cause = %crate::error_chain(&err), "mDNS queries off (answers that devices announce are still read)");
+            return None;
+        }
+    };
+    // Answers come back through the capture (multicast, or unicast to this host), so the
+    // socket's own copies are not needed.
+    Some(tokio::spawn(async move {
+        if let Err(err) = querier.run(types, None, shutdown).await {
+            warn!(cause = %crate::error_chain(&err), "mDNS queries stopped");
         }
     }))
 }

@@ -26,6 +26,7 @@ pub mod identify;
 pub mod limiter;
 pub mod liveness;
 pub mod mdns;
+pub mod mdns_query;
 pub mod ssdp;
 pub mod upnp;
 

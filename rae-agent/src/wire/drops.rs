@@ -22,10 +22,11 @@ pub enum Layer {
     Udp,
     Dhcp,
     Icmpv6,
+    Mdns,
 }
 
 impl Layer {
-    pub const ALL: [Layer; 7] = [
+    pub const ALL: [Layer; 8] = [
         Layer::Ethernet,
         Layer::Arp,
         Layer::Ipv4,
@@ -33,6 +34,7 @@ impl Layer {
         Layer::Udp,
         Layer::Dhcp,
         Layer::Icmpv6,
+        Layer::Mdns,
     ];
 
     /// A lowercase name, usable as a metric label.
@@ -45,6 +47,7 @@ impl Layer {
             Layer::Udp => "udp",
             Layer::Dhcp => "dhcp",
             Layer::Icmpv6 => "icmpv6",
+            Layer::Mdns => "mdns",
         }
     }
 }
@@ -116,6 +119,9 @@ pub enum Detail {
     BadHopLimit,
     /// A neighbour solicitation or advertisement whose target is a multicast address.
     BadTarget,
+    /// A DNS name with a label over 63 bytes, over 255 bytes in all, a compression pointer
+    /// that does not point backwards, or a reserved label type.
+    BadName,
 
     // Unsupported.
     /// An EtherType the agent does not read (or an 802.3 length field).
@@ -126,7 +132,8 @@ pub enum Detail {
     HardwareType,
     /// An ARP protocol type other than IPv4.
     ProtocolType,
-    /// An ARP operation other than request or reply (RARP, InARP).
+    /// An ARP operation other than request or reply (RARP, InARP), or a DNS opcode other
+    /// than QUERY (mDNS ignores the others, RFC 6762 §18.3).
     Operation,
     /// An IPv4 fragment.
     Fragment,
@@ -143,7 +150,7 @@ pub enum Detail {
 }
 
 impl Detail {
-    pub const ALL: [Detail; 23] = [
+    pub const ALL: [Detail; 24] = [
         Detail::Truncated,
         Detail::BadChecksum,
         Detail::BadLength,
@@ -156,6 +163,7 @@ impl Detail {
         Detail::BadCode,
         Detail::BadHopLimit,
         Detail::BadTarget,
+        Detail::BadName,
         Detail::EtherType,
         Detail::VlanTagging,
         Detail::HardwareType,
@@ -182,7 +190,8 @@ impl Detail {
             | Detail::BadOption
             | Detail::BadCode
             | Detail::BadHopLimit
-            | Detail::BadTarget => DropKind::Malformed,
+            | Detail::BadTarget
+            | Detail::BadName => DropKind::Malformed,
             Detail::EtherType
             | Detail::VlanTagging
             | Detail::HardwareType
@@ -212,6 +221,7 @@ impl Detail {
             Detail::BadCode => "bad_code",
             Detail::BadHopLimit => "bad_hop_limit",
             Detail::BadTarget => "bad_target",
+            Detail::BadName => "bad_name",
             Detail::EtherType => "ethertype",
             Detail::VlanTagging => "vlan_tagging",
             Detail::HardwareType => "hardware_type",
