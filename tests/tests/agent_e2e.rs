@@ -117,8 +117,8 @@ fn fold(events: &[Envelope]) -> BTreeMap<SessionId, SessionView> {
 fn session_of(events: &[Envelope], device: Mac) -> Option<(SessionId, SessionView)> {
     fold(events)
         .into_iter()
-        .filter(|(_, v)| !v.closed && v.record.as_ref().is_some_and(|r| r.mac == device))
-        .last()
+        // One open session per MAC at a time: the one that is not Closed.
+        .find(|(_, v)| !v.closed && v.record.as_ref().is_some_and(|r| r.mac == device))
 }
 
 /// Waits until the subscriber's view of `device`'s open session satisfies `check`.

@@ -36,7 +36,7 @@ impl Notifier {
         let ours = std::env::var("WATCHDOG_PID")
             .ok()
             .and_then(|pid| pid.parse::<u32>().ok())
-            .is_none_or(|pid| pid == std::process::id());
+            .map_or(true, |pid| pid == std::process::id());
         let watchdog = std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|usec| usec.parse::<u64>().ok())
