@@ -9,7 +9,7 @@ use std::time::Instant;
 use rae_proto::{DeviceRef, SessionSeq};
 use tracing::debug;
 
-use crate::capture::CapturedFrame;
+use crate::capture::{CapturedFrame, PacketType};
 use crate::probe::liveness::{LanAddrs, Liveness, LivenessCounters, ProbeFrame};
 use crate::probe::Identified;
 use crate::registry::{
@@ -41,19 +41,22 @@ pub struct Engine<I: SessionIds> {
     counters: EngineCounters,
     drops: DropCounters,
     mdns: super::mdns::MdnsDecoder,
+    own_macs: std::collections::BTreeSet<rae_proto::Mac>,
     /// Service types learnt from mDNS answers, each once, for the querier to ask about.
     mdns_types: std::collections::BTreeSet<String>,
     new_mdns_types: Vec<String>,
 }
 
 impl<I: SessionIds> Engine<I> {
-    pub fn new(core: Core<I>, liveness: Liveness) -> Self {
+    /// `own_macs`: the ones the core was configured with.
+    pub fn new(core: Core<I>, liveness: Liveness, own_macs: &[rae_proto::Mac]) -> Self {
         Engine {
             core,
             liveness,
             counters: EngineCounters::default(),
             drops: DropCounters::default(),
             mdns: super::mdns::MdnsDecoder::default(),
+            own_macs: own_macs.iter().copied().collect(),
             mdns_types: std::collections::BTreeSet::new(),
             new_mdns_types: Vec::new(),
         }
@@ -91,6 +94,16 @@ impl<I: SessionIds> Engine<I> {
                 return Vec::new();
             }
         };
+        let mut changes = Vec::new();
+        if frame.packet_type == PacketType::Outgoing
+            && !self.own_macs.contains(&parsed.ethernet.src)
+        {
+            // Sent by this host, from a MAC it did not have when last asked (a bridge takes
+            // a port's MAC when ports join): it is ours, never a device.
+            self.own_macs.insert(parsed.ethernet.src);
+            let own: Vec<rae_proto::Mac> = self.own_macs.iter().copied().collect();
+            changes.extend(self.core.set_own_macs(&own, now_ms));
+        }
         let mut observations = Vec::new();
         if let Message::Mdns { payload, .. } = &parsed.message {
             match self.mdns.decode(parsed.ethernet.src, payload, frame.at_ms) {
@@ -116,7 +129,8 @@ impl<I: SessionIds> Engine<I> {
             // The liveness observation first, so the session exists before its details.
             observations.insert(0, self.as_probe_reply(obs, now));
         }
-        self.apply_all(observations, now_ms)
+        changes.extend(self.apply_all(observations, now_ms));
+        changes
     }
 
     /// An ARP reply or neighbour advertisement that answers a probe in flight becomes a
@@ -231,6 +245,14 @@ impl<I: SessionIds> Engine<I> {
         (changes, frames)
     }
 
+    /// The host's interface MACs, re-read: see [`Core::set_own_macs`].
+    pub fn set_own_macs(&mut self, macs: &[rae_proto::Mac], now_ms: i64) -> Vec<Change> {
+        self.own_macs = macs.iter().copied().collect();
+        let out = self.core.set_own_macs(macs, now_ms);
+        self.counters.changes += out.len() as u64;
+        out
+    }
+
     pub fn send_failed(&mut self, target: IpAddr) {
         self.liveness.send_failed(target);
     }
@@ -260,5 +282,129 @@ impl<I: SessionIds> Engine<I> {
         }
         self.counters.changes += out.len() as u64;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use rae_proto::Mac;
+
+    use super::*;
+    use crate::config::{PublishConfig, RegistryConfig};
+    use crate::registry::{CoreConfig, SeededSessionIds};
+    use crate::wire::{arp, ArpRepr};
+
+    const DUT: Mac = Mac([0x02, 0, 0x5e, 0, 0, 7]);
+    const BRIDGE: Mac = Mac([0x7e, 0x2a, 0x79, 0x39, 0xe4, 0x61]);
+
+    fn engine() -> Engine<SeededSessionIds> {
+        let config = CoreConfig::new(
+            &RegistryConfig::default(),
+            &PublishConfig::default(),
+            vec![],
+        );
+        let core = Core::new(&config, vec![], SeededSessionIds::new(7)).expect("core");
+        Engine::new(core, Liveness::new(100, Duration::from_secs(10)), &[])
+    }
+
+    fn announcement(mac: Mac, ip: Ipv4Addr, packet_type: PacketType, at_ms: i64) -> CapturedFrame {
+        let repr = ArpRepr::request(mac, ip, ip);
+        CapturedFrame {
+            at_ms,
+            bytes: arp::build_frame(Mac::BROADCAST, None, &repr),
+            csum_not_ready: false,
+            vlan: None,
+            packet_type,
+        }
+    }
+
+    #[test]
+    fn a_frame_this_host_sent_from_a_new_mac_marks_it_own_and_closes_its_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        let ip = Ipv4Addr::new(198, 18, 0, 1);
+        // Before the bridge's MAC is known as ours, a broadcast from it looks like a device...
+        let opened = e.frame(
+            &announcement(BRIDGE, ip, PacketType::Broadcast, 1_000),
+            1_000,
+            now,
+        );
+        assert!(opened.iter().any(|c| matches!(c, Change::Opened { .. })));
+        // ...until the host is seen sending from it: Closed, and never reopened.
+        let changes = e.frame(
+            &announcement(BRIDGE, ip, PacketType::Outgoing, 2_000),
+            2_000,
+            now,
+        );
+        assert!(changes
+            .iter()
+            .any(|c| matches!(c, Change::Closed { mac, .. } if *mac == BRIDGE)));
+        let again = e.frame(
+            &announcement(BRIDGE, ip, PacketType::Broadcast, 3_000),
+            3_000,
+            now,
+        );
+        assert!(
+            again.is_empty(),
+            "own MAC must not open a session: {again:?}"
+        );
+        // A device is unaffected.
+        let dut = e.frame(
+            &announcement(
+                DUT,
+                Ipv4Addr::new(198, 18, 0, 7),
+                PacketType::Broadcast,
+                3_000,
+            ),
+            3_000,
+            now,
+        );
+        assert!(dut.iter().any(|c| matches!(c, Change::Opened { .. })));
+    }
+
+    #[test]
+    fn an_arp_reply_to_a_probe_in_flight_carries_the_rtt() {
+        let mut e = engine();
+        let now = Instant::now();
+        let ip = Ipv4Addr::new(198, 18, 0, 7);
+        e.frame(
+            &announcement(DUT, ip, PacketType::Broadcast, 1_000),
+            1_000,
+            now,
+        );
+        let lan = LanAddrs {
+            mac: BRIDGE,
+            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            ipv6_link_local: None,
+        };
+        // Ticks until the session's probe round is due.
+        let mut sent = Vec::new();
+        for step in 0..40 {
+            let (_, frames) = e.tick(1_000 + step * 500, now, Some(&lan));
+            sent.extend(frames);
+            if !sent.is_empty() {
+                break;
+            }
+        }
+        assert!(!sent.is_empty(), "a probe went out within 20 s");
+        let reply = ArpRepr {
+            operation: crate::wire::arp::Operation::Reply,
+            sender_mac: DUT,
+            sender_ip: ip,
+            target_mac: BRIDGE,
+            target_ip: Ipv4Addr::new(198, 18, 0, 1),
+        };
+        let frame = CapturedFrame {
+            at_ms: 30_000,
+            bytes: arp::build_frame(BRIDGE, None, &reply),
+            csum_not_ready: false,
+            vlan: None,
+            packet_type: PacketType::Host,
+        };
+        e.frame(&frame, 30_000, now + Duration::from_millis(2));
+        assert_eq!(e.liveness().answered, 1);
     }
 }

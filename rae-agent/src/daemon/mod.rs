@@ -103,11 +103,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         .collect();
     info!(db = %db.display(), sessions = restored.len(), "registry opened");
 
-    let own_macs = local_macs();
-    let core_config = CoreConfig::new(&config.registry, &config.publish, own_macs);
+    let mut own_macs = local_macs();
+    let core_config = CoreConfig::new(&config.registry, &config.publish, own_macs.clone());
     let core = Core::with_random_ids(&core_config, restored)?;
     let answer_window = Duration::from_secs(config.registry.probe_interval_secs);
-    let mut engine = Engine::new(core, Liveness::new(config.probe.max_per_sec, answer_window));
+    let mut engine = Engine::new(
+        core,
+        Liveness::new(config.probe.max_per_sec, answer_window),
+        &own_macs,
+    );
 
     let (store, store_thread) = StoreHandle::spawn(store, serial, StoreThreadOptions::default())?;
 
@@ -206,6 +210,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 if Instant::now() >= next_status {
                     next_status = Instant::now() + status_every;
                     lan = read_lan(&interface, lan);
+                    let macs = local_macs();
+                    if macs != own_macs {
+                        changes.extend(engine.set_own_macs(&macs, wall_ms()));
+                        own_macs = macs;
+                    }
                     let entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
                     if let Err(err) = store.write_status(entries).await {
                         break Err(err.into());

@@ -209,6 +209,30 @@ impl<I: SessionIds> Core<I> {
         }
     }
 
+    /// Replaces the agent's own MACs (interfaces come and go; a Linux bridge takes a new MAC
+    /// when ports join). Frames from them are ignored from now on; a session one of them
+    /// already has is Closed (`Forgotten`), since it was never a device.
+    pub fn set_own_macs(&mut self, macs: &[Mac], now_ms: i64) -> Vec<Change> {
+        self.own_macs = macs.iter().copied().collect();
+        let own: Vec<Mac> = self
+            .sessions
+            .keys()
+            .filter(|mac| self.own_macs.contains(mac))
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for mac in own {
+            let forget = Action::Forget {
+                device: DeviceRef::Mac(mac),
+            };
+            // The session exists (just listed), so Forget cannot fail.
+            if let Ok(changes) = self.act(&forget, "agent: own interface", now_ms) {
+                out.extend(changes);
+            }
+        }
+        out
+    }
+
     /// Takes in one observation made at `obs.at_ms` (capped at `now_ms`).
     pub fn apply(&mut self, obs: Observation, now_ms: i64) -> Vec<Change> {
         let mut out = Vec::new();

@@ -1,25 +1,25 @@
 //! `lab-demo`: what `./scripts/demo` runs.
 //!
-//! Brings up the virtual lab with a handful of DUTs and a broker, records the LAN while the
-//! DUTs join, and shows: each DUT with its addresses and lease, what the agent's frame
-//! parsers make of the recorded traffic, the agent's configuration check for this lab, and
-//! a raw MQTT subscription to `rae/v1/#` (which stays empty until the agent publishes).
-//! Everything is removed when it ends, on Ctrl-C too.
+//! Brings up the virtual lab with a broker and the real `rae-agent` on the lab bridge (the
+//! RAE's LAN port), then plugs in DUTs running real clients (udhcpc, dhclient, static, SLAAC,
+//! an mDNS responder, an SSDP/UPnP/DIAL responder) and shows what a lab operator and the
+//! cloud see: the Snapshots and Deltas on `rae/v1/#` as they arrive, `raectl devices`,
+//! `raectl show`, `raectl status`, a DUT unplugged going offline after the configured misses,
+//! the recorded LAN replayed through `rae-agent --pcap`, and the agent's `offline` status after
+//! SIGTERM. Everything is removed when it ends, on Ctrl-C too.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rae_agent::wire::{self, Message, UdpChecksum};
-use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, Lab, LabConfig};
+use rae_proto::{AgentState, Envelope, Event, Field, Liveness, Mac, Status};
+use rae_tests::agent::{raectl, Agent, AgentSpec};
+use rae_tests::mqtt_watch::MqttWatch;
+use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, Lab, LabConfig, LabProcess};
 use rae_tests::services::Mosquitto;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 
-const USAGE: &str = "usage: lab-demo [--watch SECS] [--hold]
-  --watch SECS  how long to watch the raw MQTT subscription (default 10)
+const USAGE: &str = "usage: lab-demo [--hold]
   --hold        keep the lab up until Ctrl-C, to explore it with `ip netns exec`";
 
 fn main() -> ExitCode {
@@ -33,25 +33,13 @@ fn main() -> ExitCode {
 }
 
 struct Args {
-    watch: Duration,
     hold: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        watch: Duration::from_secs(10),
-        hold: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
+    let mut args = Args { hold: false };
+    for arg in std::env::args().skip(1) {
         match arg.as_str() {
-            "--watch" => {
-                let secs = it.next().context("--watch needs a number of seconds")?;
-                let secs: u64 = secs
-                    .parse()
-                    .with_context(|| format!("--watch {secs:?} is not a number of seconds"))?;
-                args.watch = Duration::from_secs(secs);
-            }
             "--hold" => args.hold = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -68,7 +56,7 @@ fn run() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("must run as root (network namespaces)");
     }
-    let agent = agent_binary()?;
+    let agent_bin = agent_binary()?;
 
     println!("== starting the virtual lab");
     let lab = Lab::start(LabConfig::default()).context("starting the lab")?;
@@ -81,34 +69,151 @@ fn run() -> Result<()> {
     let capture = Capture::start(&lab)?;
     let broker = Mosquitto::start().context("starting mosquitto")?;
     println!("   mosquitto on {}", broker.url());
+    let watch = MqttWatch::start(broker.host(), broker.port(), "lab-demo", &["rae/v1/#"])
+        .context("subscribing to rae/v1/#")?;
 
-    println!("== plugging in DUTs (real clients: udhcpc, dhclient, static, SLAAC)");
-    let duts = plug_in_duts(&lab)?;
-    let frames = capture.finish()?;
+    let mut spec = AgentSpec::for_lab(
+        SERIAL,
+        lab.bridge_name(),
+        &lab.dir().join("agent"),
+        broker.host(),
+        broker.port(),
+    );
+    spec.log_level = "info".into();
+    println!(
+        "\n== rae-agent on {} (probes every {} s, offline after {} misses, gone after {} s)",
+        lab.bridge_name(),
+        spec.probe_interval_secs,
+        spec.offline_after_misses,
+        spec.gone_after_secs
+    );
+    check_agent_config(&agent_bin, &spec)?;
+    let mut agent = Agent::start(&spec).context("starting rae-agent")?;
+    wait_status(&watch, AgentState::Online)
+        .with_context(|| format!("agent log:\n{}", agent.log_tail()))?;
+    println!(
+        "   running (pid {}), retained status `online` on rae/v1/{SERIAL}/status",
+        agent.pid()
+    );
 
-    println!("\n== the DUTs as the lab sees them");
+    println!(
+        "\n== plugging in DUTs (real clients: udhcpc, dhclient, static, SLAAC, mDNS, SSDP/DIAL)"
+    );
+    let (duts, _responders) = plug_in_duts(&lab)?;
+    for dut in &duts {
+        // Static and SLAAC DUTs say nothing unprompted: one ping each to the router.
+        let _ = dut.ping(lab.router_v4().into());
+        let _ = dut.ping(lab.router_v6().into());
+    }
     show_duts(&lab, &duts)?;
 
     println!(
-        "\n== what rae-agent's frame parsers make of the LAN traffic ({} frames)",
-        frames.len()
+        "\n== what the cloud receives on rae/v1/# (decoded), until every DUT has its Snapshot"
     );
-    show_parsed(&frames);
-
-    println!("\n== rae-agent --check-config for this lab");
-    check_agent_config(&agent, &lab, &broker)?;
+    let macs: Vec<Mac> = duts.iter().map(|d| Mac(d.mac().0)).collect();
+    let mut shown = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        shown = print_new(&watch, shown);
+        let events = watch.events();
+        let missing: Vec<&Mac> = macs
+            .iter()
+            .filter(|m| {
+                !events
+                    .iter()
+                    .any(|e| matches!(&e.event, Event::Snapshot { record } if record.mac == **m))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        agent.ensure_running().context("rae-agent stopped")?;
+        if Instant::now() > deadline {
+            bail!(
+                "no Snapshot within 60 s for {missing:?}\nagent log:\n{}",
+                agent.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Identification (mDNS, SSDP/DIAL) lands a moment after the Snapshot: give it the
+    // agent's search interval to show up as Deltas.
+    let until = Instant::now() + Duration::from_secs(spec.ssdp_search_interval_secs + 2);
+    while Instant::now() < until {
+        shown = print_new(&watch, shown);
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     println!(
-        "\n== raw MQTT subscription to rae/v1/# on {} for {} s",
-        broker.url(),
-        args.watch.as_secs()
+        "\n== raectl devices   (reads {} read-only)",
+        spec.database().display()
     );
-    let seen = watch_mqtt(&broker, args.watch)?;
-    if seen == 0 {
-        println!(
-            "   no messages: the agent does not capture or publish yet (it arrives with issue 3);\n   \
-             once it does, its Snapshots for the DUTs above appear here"
-        );
+    raectl_print(&spec, &["devices"])?;
+    let tv = &duts[duts.len() - 1];
+    println!("\n== raectl show {}   (the SSDP/DIAL DUT)", tv.mac());
+    raectl_print(&spec, &["show", &tv.mac().to_string(), "--limit", "8"])?;
+
+    let unplug = &duts[2];
+    println!(
+        "\n== unplugging {} ({}): offline after {} missed probes, not after one",
+        unplug.name(),
+        unplug.mac(),
+        spec.offline_after_misses
+    );
+    let before = watch.messages().len();
+    let unplugged = Instant::now();
+    unplug.unplug().context("unplugging")?;
+    let mac = Mac(unplug.mac().0);
+    let session = watch
+        .events()
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::Snapshot { record } if record.mac == mac => Some(e.session),
+            _ => None,
+        })
+        .context("the unplugged DUT has no session")?;
+    watch
+        .wait_for("the offline Delta", Duration::from_secs(30), |m| {
+            m[before..]
+                .iter()
+                .filter_map(|r| r.event())
+                .find(|e| e.session == session && is_offline(e))
+                .map(|_| ())
+        })
+        .context("waiting for the offline Delta")?;
+    println!(
+        "   offline Delta after {:.1} s:",
+        unplugged.elapsed().as_secs_f64()
+    );
+    print_new(&watch, shown);
+
+    println!("\n== raectl status");
+    raectl_print(&spec, &["status"])?;
+
+    println!("\n== stopping rae-agent (SIGTERM): it commits, says `offline`, exits 0");
+    let status = agent
+        .terminate(Duration::from_secs(20))
+        .context("stopping rae-agent")?;
+    println!("   exit status: {status}");
+    wait_status(&watch, AgentState::Offline).context("waiting for the offline status")?;
+    println!("   retained status on rae/v1/{SERIAL}/status: offline");
+
+    let pcap = capture.finish()?;
+    println!(
+        "\n== the LAN recorded meanwhile, replayed offline: rae-agent --pcap {} --quiet",
+        pcap.display()
+    );
+    let out = Command::new(&agent_bin)
+        .arg("--pcap")
+        .arg(&pcap)
+        .arg("--quiet")
+        .output()
+        .context("running rae-agent --pcap")?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("   {line}");
     }
 
     if args.hold {
@@ -120,9 +225,144 @@ fn run() -> Result<()> {
     }
     println!("\n== tearing down (namespaces, bridge, dnsmasq, clients, broker)");
     drop(duts);
+    drop(watch);
     drop(broker);
     drop(lab);
     println!("   done");
+    Ok(())
+}
+
+const SERIAL: &str = "DEMO-RAE-1";
+
+fn is_offline(e: &Envelope) -> bool {
+    matches!(&e.event, Event::Delta { fields } if fields.iter().any(|f| matches!(f, Field::Reachability(r) if r.state == Liveness::Offline)))
+}
+
+fn wait_status(watch: &MqttWatch, state: AgentState) -> Result<()> {
+    let topic = format!("rae/v1/{SERIAL}/status");
+    watch
+        .wait_for(
+            format!("status {}", state.as_str()),
+            Duration::from_secs(30),
+            |m| {
+                m.iter()
+                    .rev()
+                    .find(|r| r.topic == topic)
+                    .filter(|r| Status::decode(&r.payload).is_ok_and(|s| s.state == state))
+                    .map(|_| ())
+            },
+        )
+        .map_err(Into::into)
+}
+
+/// Prints the messages after the first `from`; returns how many there are now.
+fn print_new(watch: &MqttWatch, from: usize) -> usize {
+    let messages = watch.messages();
+    for m in messages.iter().skip(from) {
+        let kind = m.topic.rsplit('/').nth(1).unwrap_or("");
+        match m.event() {
+            Some(e) => println!("   {}", describe(&e)),
+            None if m.topic.ends_with("/status") => {
+                let state = Status::decode(&m.payload)
+                    .map(|s| s.state.as_str())
+                    .unwrap_or("?");
+                println!(
+                    "   status   {state}{}",
+                    if m.retain { " (retained)" } else { "" }
+                );
+            }
+            None if m.topic.ends_with("/inventory") => {
+                let n = rae_proto::Inventory::decode(&m.payload)
+                    .map(|i| i.sessions.len())
+                    .unwrap_or(0);
+                println!("   inventory: {n} open sessions");
+            }
+            None => println!("   {} ({kind})", m.topic),
+        }
+    }
+    messages.len()
+}
+
+fn describe(e: &Envelope) -> String {
+    let session = e.session.to_string();
+    let short = &session[..8];
+    match &e.event {
+        Event::Snapshot { record } => format!(
+            "Snapshot session {short}.. seq {:<3} {} ipv4 {} hostname {}",
+            e.seq,
+            record.mac,
+            record
+                .ipv4
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            record
+                .hostname
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        Event::Delta { fields } => {
+            let names: Vec<String> = fields
+                .iter()
+                .filter(|f| !matches!(f, Field::LastSeen(_)))
+                .map(short_field)
+                .collect();
+            format!(
+                "Delta    session {short}.. seq {:<3} {}",
+                e.seq,
+                names.join(", ")
+            )
+        }
+        Event::Closed { reason } => {
+            format!("Closed   session {short}.. seq {:<3} {reason:?}", e.seq)
+        }
+    }
+}
+
+fn short_field(f: &Field) -> String {
+    match f {
+        Field::Ipv4(ip) => format!(
+            "ipv4={}",
+            ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+        ),
+        Field::Ipv6(list) => format!("ipv6={list:?}"),
+        Field::Hostname(h) => format!(
+            "hostname={}",
+            h.as_ref().map(|t| t.to_string()).unwrap_or_default()
+        ),
+        Field::MdnsServices(s) => format!(
+            "mdns_services=[{}]",
+            s.iter()
+                .map(|s| format!("{} {}:{}", s.service_type, s.instance, s.port))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Field::Upnp(Some(u)) => format!(
+            "upnp={:?} by {:?}",
+            u.friendly_name.as_deref().unwrap_or("-"),
+            u.manufacturer.as_deref().unwrap_or("-")
+        ),
+        Field::DialApps(apps) => format!(
+            "dial_apps=[{}]",
+            apps.iter()
+                .map(|a| format!("{} {:?}", a.name, a.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Field::Esn(e) => format!("esn={}", e.as_deref().unwrap_or("-")),
+        Field::Reachability(r) => format!("reachability={:?}", r.state),
+        other => format!("{:?}", other.id()),
+    }
+}
+
+fn raectl_print(spec: &AgentSpec, args: &[&str]) -> Result<()> {
+    let (status, out, err) = raectl(spec, args).context("running raectl")?;
+    for line in out.lines().chain(err.lines()) {
+        println!("   {line}");
+    }
+    if !status.success() {
+        bail!("raectl {} failed ({status})", args.join(" "));
+    }
     Ok(())
 }
 
@@ -138,7 +378,9 @@ fn agent_binary() -> Result<PathBuf> {
     Ok(agent)
 }
 
-fn plug_in_duts(lab: &Lab) -> Result<Vec<Dut>> {
+fn plug_in_duts(lab: &Lab) -> Result<(Vec<Dut>, Vec<LabProcess>)> {
+    let cast_ip = lab.net().host_v4(21);
+    let tv_ip = lab.net().host_v4(22);
     let specs = [
         DutSpec::new(
             "living-room-tv",
@@ -162,6 +404,8 @@ fn plug_in_duts(lab: &Lab) -> Result<Vec<Dut>> {
             },
         ),
         DutSpec::new("v6-player", DutKind::Slaac),
+        DutSpec::new("cast", DutKind::StaticV4 { addr: cast_ip }),
+        DutSpec::new("dial-tv", DutKind::StaticV4 { addr: tv_ip }),
     ];
     let mut duts = Vec::new();
     for spec in specs {
@@ -176,7 +420,48 @@ fn plug_in_duts(lab: &Lab) -> Result<Vec<Dut>> {
         );
         duts.push(dut);
     }
-    Ok(duts)
+    let cast_s = cast_ip.to_string();
+    let tv_s = tv_ip.to_string();
+    #[rustfmt::skip]
+    let responders = vec![
+        responder(&duts[4], "mdns_responder.py", &[
+            "--ip", &cast_s, "--type", "_googlecast._tcp.local.", "--instance", "Lab Cast",
+            "--host", "lab-cast", "--port", "8009", "--txt", "md=Chromecast Ultra",
+        ])?,
+        responder(&duts[5], "ssdp_dial_responder.py", &[
+            "--ip", &tv_s, "--friendly-name", "Lab TV", "--manufacturer", "Acme",
+            "--model-name", "Acme Cast", "--serial", "SN-0001", "--netflix-state", "running",
+            "--esn", "NFLAB-ESN-0001",
+        ])?,
+    ];
+    println!(
+        "   cast: python3-zeroconf announcing _googlecast._tcp; dial-tv: SSDP/UPnP/DIAL server"
+    );
+    Ok((duts, responders))
+}
+
+fn responder(dut: &Dut, script: &str, args: &[&str]) -> Result<LabProcess> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("responders")
+        .join(script);
+    let mut argv = vec!["/usr/bin/python3".to_string(), path.display().to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let process = dut
+        .spawn(&argv)
+        .with_context(|| format!("starting {script}"))?;
+    wait_until(
+        format!("{script} to be ready"),
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
+            Ok(if log.contains("READY") {
+                Ok(())
+            } else {
+                Err(log)
+            })
+        },
+    )?;
+    Ok(process)
 }
 
 fn show_duts(lab: &Lab, duts: &[Dut]) -> Result<()> {
@@ -255,12 +540,12 @@ impl Capture {
         Ok(Capture { child, path })
     }
 
-    /// Stops tcpdump (it flushes on SIGTERM) and returns the recorded frames.
-    fn finish(mut self) -> Result<Vec<Vec<u8>>> {
+    /// Stops tcpdump (it flushes on SIGTERM) and returns the capture file.
+    fn finish(mut self) -> Result<PathBuf> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
-        read_pcap(&self.path)
+        Ok(self.path.clone())
     }
 }
 
@@ -271,86 +556,10 @@ impl Drop for Capture {
     }
 }
 
-/// A classic little-endian pcap with Ethernet frames, as tcpdump writes it here.
-fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() < 24 || bytes[..4] != [0xd4, 0xc3, 0xb2, 0xa1] {
-        bail!("{} is not a little-endian pcap file", path.display());
-    }
-    let mut frames = Vec::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let caplen =
-            u32::from_le_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]])
-                as usize;
-        let start = at + 16;
-        let Some(frame) = bytes.get(start..start + caplen) else {
-            break; // the last record was cut off when tcpdump stopped
-        };
-        frames.push(frame.to_vec());
-        at = start + caplen;
-    }
-    Ok(frames)
-}
-
-fn show_parsed(frames: &[Vec<u8>]) {
-    let mut drops = wire::DropCounters::default();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for frame in frames {
-        // tcpdump records frames before the kernel fills in UDP checksums it offloads, so
-        // they cannot be verified here; the agent reads the kernel's flag for that instead.
-        match wire::parse_frame_with(frame, UdpChecksum::Skip) {
-            Ok(parsed) => {
-                let kind = match &parsed.message {
-                    Message::Arp(_) => "arp",
-                    Message::Dhcp { .. } => "dhcp",
-                    Message::Ndp { .. } => "ndp",
-                    Message::Mdns { .. } => "mdns",
-                    Message::Ssdp { .. } => "ssdp",
-                };
-                *counts.entry(kind).or_default() += 1;
-                if let Message::Dhcp { dhcp, .. } = &parsed.message {
-                    let text = |t: Option<wire::dhcp::Text<'_>>| {
-                        t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
-                    };
-                    println!(
-                        "   DHCP {:<9} client {} hostname {:<16} vendor class {:<16} params {:?}",
-                        format!("{:?}", dhcp.message_type),
-                        dhcp.chaddr,
-                        text(dhcp.hostname),
-                        text(dhcp.vendor_class),
-                        dhcp.parameter_request_list.unwrap_or_default()
-                    );
-                }
-            }
-            Err(reason) => drops.record(reason),
-        }
-    }
-    let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    println!("   parsed: {}", summary.join(", "));
-    if drops.total() > 0 {
-        let reasons: Vec<String> = drops.iter().map(|(r, n)| format!("{r} x{n}")).collect();
-        println!(
-            "   not for the registry (counted by reason): {}",
-            reasons.join(", ")
-        );
-    }
-}
-
-fn check_agent_config(agent: &Path, lab: &Lab, broker: &Mosquitto) -> Result<()> {
-    let config = lab.dir().join("rae-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nserial = \"DEMO-RAE-1\"\nlan_interface = \"{}\"\nstate_dir = \"{}\"\n\
-             [mqtt]\nhost = \"{}\"\nport = {}\n",
-            lab.bridge_name(),
-            lab.dir().display(),
-            broker.host(),
-            broker.port()
-        ),
-    )
-    .context("writing the agent's config")?;
+fn check_agent_config(agent: &Path, spec: &AgentSpec) -> Result<()> {
+    std::fs::create_dir_all(&spec.state_dir).context("creating the agent's state dir")?;
+    let config = spec.state_dir.join("config.toml");
+    std::fs::write(&config, spec.toml()).context("writing the agent's config")?;
     let out = Command::new(agent)
         .arg("--check-config")
         .arg("--config")
@@ -367,44 +576,6 @@ fn check_agent_config(agent: &Path, lab: &Lab, broker: &Mosquitto) -> Result<()>
         bail!("rae-agent rejected the lab's configuration");
     }
     Ok(())
-}
-
-fn watch_mqtt(broker: &Mosquitto, watch: Duration) -> Result<usize> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a tokio runtime")?;
-    runtime.block_on(async {
-        let mut options = MqttOptions::new("lab-demo", broker.host(), broker.port());
-        options.set_keep_alive(Duration::from_secs(5));
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        client
-            .subscribe("rae/v1/#", QoS::AtLeastOnce)
-            .await
-            .context("subscribing")?;
-        let deadline = tokio::time::Instant::now() + watch;
-        let mut seen = 0;
-        loop {
-            let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Err(_) => break,
-                Ok(event) => event.context("MQTT connection to the lab's broker")?,
-            };
-            if let Event::Incoming(Incoming::Publish(publish)) = event {
-                seen += 1;
-                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                let decoded = match topic.parse::<rae_proto::Topic>() {
-                    Ok(rae_proto::Topic::Device { .. }) => {
-                        format!("{:?}", rae_proto::Envelope::decode(&publish.payload))
-                    }
-                    Ok(other) => format!("{other:?}, {} bytes", publish.payload.len()),
-                    Err(err) => format!("not a RAE topic: {err}"),
-                };
-                println!("   {topic}: {decoded}");
-            }
-        }
-        let _ = client.disconnect().await;
-        Ok(seen)
-    })
 }
 
 fn wait_for_ctrl_c() -> Result<()> {
