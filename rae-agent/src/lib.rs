@@ -4,21 +4,28 @@
 //! - [`capture`]: the capture thread: an AF_PACKET socket with a locked kernel BPF filter
 //!   (ARP, DHCPv4, ICMPv6 ND, mDNS, SSDP), kernel drop counts, link loss handled with backoff.
 //! - [`wire`]: pure parsers and emitters for the frames the agent sniffs and sends
-//!   (Ethernet with 802.1Q, ARP, DHCPv4, ICMPv6 neighbour discovery); drops counted by reason.
+//!   (Ethernet with 802.1Q, ARP, DHCPv4, ICMPv6 neighbour discovery, mDNS); drops counted by
+//!   reason.
 //! - [`registry`]: the sans-IO registry core: Observations in, Changes out (sessions, seq,
 //!   reachability with hysteresis, conflicts, OUI vendor); time and session ids are arguments.
 //! - [`store`]: the only owner of the SQLite connection: registry rows, bounded history, the
 //!   transactional outbox with its byte quota, and the read-only reader `raectl` uses.
-//! - [`probe`]: active identification: mDNS browsing (`mdns-sd`) and SSDP search with UPnP
-//!   description and DIAL application fetches, rate-limited per device and in total.
+//! - [`publish`]: the only owner of the MQTT connection: drains the outbox at QoS 1, deleting a
+//!   row only after its PUBACK; retained status with a Last Will; the inventory.
+//! - [`probe`]: liveness (unicast ARP requests and Neighbor Solicitations, rate-limited in
+//!   total), DNS-SD queries on the LAN port only (answers come back through the capture), and
+//!   SSDP search with UPnP description and DIAL application fetches.
+//! - [`daemon`]: wires the parts together (one task per I/O resource, bounded channels),
+//!   writes the status `raectl status` shows, speaks systemd's notify protocol.
+//! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
+//! - [`ctl`]: `raectl`'s rendering of the registry database (tables and JSON).
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
-//! Limitations: the parts are built and tested one by one (the capture, probes and discovery
-//! in the virtual lab), but the daemon does not wire them together yet, there is no MQTT
-//! publisher, no ARP/NS liveness sender, no control socket, and `raectl` has no commands:
-//! `rae-agent` validates its configuration and stops there. mdns-sd joins the mDNS group on
-//! every interface at start-up before it can be restricted to the LAN port (see [`probe`]).
+//! Limitations: no control socket and no cloud commands yet (`raectl` only reads); no MQTT
+//! TLS (a configured `[mqtt.tls]` is refused at start); the core runs on the wall clock, so
+//! start the daemon after the clock is set. The old `mdns-sd` browser ([`probe::MdnsBrowser`])
+//! is no longer used by the daemon (it joins the mDNS group on every interface at start).
 
 pub mod capture;
 pub mod config;

@@ -12,7 +12,8 @@
 //! - `apply.rs`: the pure rules that turn a Change into a session update, a history entry and
 //!   an encoded event; shared by [`Store`] and its in-memory twin [`MemoryStore`].
 //! - [`StoreReader`] (`reader.rs`): read-only queries for `raectl` (devices, one device with its
-//!   history, events since an id, outbox depth, the status the daemon writes).
+//!   history, the latest events and events since an id, outbox depth, the status the daemon
+//!   writes).
 //! - [`StoreHandle`] (`thread.rs`): runs a [`RegistryStore`] on its own thread behind a bounded
 //!   channel, so blocking SQLite work stays off the async workers.
 //! - `schema.rs`: the schema and its migrations, versioned by `PRAGMA user_version`.
@@ -23,8 +24,9 @@
 //! - Coalescing cannot shrink the outbox below one Snapshot plus one Closed per session with
 //!   pending events, nor touch rows already handed to the publisher; when that is still over
 //!   the quota the overrun is counted (`outbox_quota_unmet`) and reported, not hidden.
-//! - Opening the database read-only needs its `-shm` file to exist or the directory to be
-//!   writable (SQLite's rule for WAL readers); `raectl` runs as root on the RAE.
+//! - A read-only open may create empty `-wal`/`-shm` files next to the database (SQLite's rule
+//!   for WAL readers); on a read-only filesystem a cleanly closed database is opened
+//!   `immutable` instead.
 
 mod apply;
 mod batch;

@@ -14,9 +14,12 @@
 //! - [`ipv4`], [`ipv6`], [`udp`]: just enough IP and UDP to reach the payloads below.
 //! - [`dhcp`]: DHCPv4 with options 12, 50, 51, 53, 54, 55, 57, 60, 61, 81 (and overload, 52).
 //! - [`icmpv6`]: neighbour discovery RS/RA/NS/NA; emits the NS frame for IPv6 liveness checks.
+//! - [`mdns`]: DNS messages as mDNS uses them (PTR, SRV, TXT, A, AAAA; compression pointers
+//!   bounded); emits the DNS-SD queries the agent sends.
 //! - [`checksum`]: the Internet checksum; [`drops`]: drop reasons and counters.
 //! - [`parse_frame`]: one call from a captured frame to a typed [`Message`]. mDNS (UDP 5353)
-//!   and SSDP (UDP 1900) payloads are classified and handed out undecoded.
+//!   and SSDP (UDP 1900) payloads are classified and handed out undecoded ([`mdns`] decodes
+//!   the former on request).
 //!
 //! Limitations:
 //! - One 802.1Q tag at most (QinQ/802.1ad is Unsupported). On most NICs AF_PACKET delivers the

@@ -1,0 +1,1 @@
+//! The sources that feed ordered workers: Kafka (consumer group) and MQTT (lanes).

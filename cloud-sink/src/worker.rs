@@ -1,0 +1,1 @@
+//! Ordered batching per partition or lane, and offset tracking; sans-IO (`now` is an argument).
