@@ -24,8 +24,7 @@
 //!
 //! Limitations: no control socket and no cloud commands yet (`raectl` only reads); no MQTT
 //! TLS (a configured `[mqtt.tls]` is refused at start); the core runs on the wall clock, so
-//! start the daemon after the clock is set. The old `mdns-sd` browser ([`probe::MdnsBrowser`])
-//! is no longer used by the daemon (it joins the mDNS group on every interface at start).
+//! start the daemon after the clock is set.
 
 pub mod capture;
 pub mod config;

@@ -1,27 +1,19 @@
 //! Identification on the lab LAN: the agent's SSDP search identifies a DUT running an
 //! SSDP/UPnP/DIAL server (description fields, Netflix state and ESN), fetches each device once
-//! per interval, never follows a LOCATION to another host; its mDNS browse finds a DUT's
-//! python3-zeroconf services by type enumeration, with host name, address, port and TXT keys,
-//! and sees them go.
+//! per interval, and never follows a LOCATION to another host. (mDNS is in `agent_mdns`.)
 //!
 //! SSDP runs in the root namespace bound to the lab's router address, like the agent on the
-//! RAE's LAN port. The mDNS browse runs in a namespace of its own on the lab bridge: `mdns-sd`
-//! joins the mDNS group on every interface of its namespace when it starts, which in the root
-//! namespace would send IGMP/MLD reports on the host's own interfaces.
+//! RAE's LAN port.
 //!
 //! Needs root, iproute2, busybox, dnsmasq, udhcpc and Debian's `/usr/bin/python3` with the
 //! zeroconf module (package python3-zeroconf).
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
-use rae_agent::probe::{
-    FetchLimits, Identified, MdnsBrowser, MdnsHost, MdnsSettings, SsdpSearch, SsdpSettings,
-};
-use rae_proto::{DialApp, DialAppState, Text, TxtEntry, UpnpDescription};
+use rae_agent::probe::{FetchLimits, Identified, SsdpSearch, SsdpSettings};
+use rae_proto::{DialApp, DialAppState, UpnpDescription};
 use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, Footprint, Lab, LabConfig, LabProcess};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,17 +24,6 @@ fn responder(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("responders")
         .join(name)
-}
-
-fn require_python_zeroconf() {
-    let status = std::process::Command::new(PYTHON)
-        .args(["-c", "import zeroconf"])
-        .status()
-        .unwrap_or_else(|e| panic!("running {PYTHON}: {e} (install python3)"));
-    assert!(
-        status.success(),
-        "{PYTHON} has no zeroconf module: install Debian's python3-zeroconf"
-    );
 }
 
 fn start_lab() -> Lab {
@@ -259,144 +240,6 @@ fn ssdp_search_identifies_a_dial_device_once_and_never_follows_a_foreign_locatio
     let footprint = lab.footprint();
     drop((tv_server, liar_server, bystander_server));
     drop((tv, liar, bystander));
-    drop(lab);
-    assert_gone(&footprint);
-}
-
-/// Starts the mDNS browser on `eth0` of `agent`'s namespace: the daemon thread is spawned
-/// from a thread that entered it, and stays there.
-fn browser_in(agent: &Dut, settings: MdnsSettings) -> MdnsBrowser {
-    let ns_path = PathBuf::from("/run/netns").join(agent.ns_name());
-    std::thread::spawn(move || {
-        let ns =
-            File::open(&ns_path).unwrap_or_else(|e| panic!("opening {}: {e}", ns_path.display()));
-        setns(&ns, CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("entering {}: {e}", ns_path.display()));
-        MdnsBrowser::start("eth0", settings)
-    })
-    .join()
-    .expect("the thread starting the browser panicked")
-    .unwrap_or_else(|e| panic!("starting the mDNS browser: {e}"))
-}
-
-/// Receives host reports until `done` accepts one.
-fn next_report(
-    rt: &tokio::runtime::Runtime,
-    reports: &mut mpsc::Receiver<MdnsHost>,
-    what: &str,
-    responder: &LabProcess,
-    mut done: impl FnMut(&MdnsHost) -> bool,
-) -> MdnsHost {
-    rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, reports.recv()).await {
-                Ok(Some(host)) if done(&host) => return host,
-                Ok(Some(host)) => seen.push(host),
-                Ok(None) => panic!("the browser ended while waiting for {what}"),
-                Err(_) => panic!(
-                    "no report of {what} within {WAIT:?}; reports: {seen:#?}\nresponder log:\n{}",
-                    log_of(responder)
-                ),
-            }
-        }
-    })
-}
-
-#[test]
-fn mdns_browse_finds_services_by_type_enumeration_with_hostname_and_txt() {
-    require_python_zeroconf();
-    let lab = start_lab();
-    let cast = add(
-        &lab,
-        DutSpec::new(
-            "cast",
-            DutKind::Udhcpc {
-                hostname: Some("lab-cast".into()),
-                vendor_class: None,
-                client_id: None,
-            },
-        ),
-    );
-    let cast_ip = cast
-        .ipv4()
-        .unwrap_or_else(|e| panic!("reading the cast DUT's address: {e}"))
-        .expect("the cast DUT has no IPv4 address");
-    let (agent, _) = static_dut(&lab, "rae", 2);
-    let cast_s = cast_ip.to_string();
-    #[rustfmt::skip]
-    let mut zeroconf = spawn_responder(&cast, "mdns_responder.py", &[
-        "--ip", &cast_s, "--type", "_googlecast._tcp.local.", "--instance", "Lab Cast",
-        "--host", "lab-cast", "--port", "8009",
-        "--txt", "md=Chromecast Ultra", "--txt", "cd=not-selected", "--txt", "fn=Lab Cast",
-        "--txt", "id=0123abcd", "--txt", "ty",
-        "--also", "_airplay._tcp.local.:Lab Cast:7000",
-    ]);
-
-    let settings = MdnsSettings {
-        report_every: Duration::from_millis(500),
-        ..MdnsSettings::default()
-    };
-    let browser = browser_in(&agent, settings);
-    let rt = runtime();
-    let (out, mut reports) = mpsc::channel::<MdnsHost>(16);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = rt.spawn(browser.run(out, async {
-        let _ = stopped.await;
-    }));
-
-    let host = next_report(
-        &rt,
-        &mut reports,
-        "lab-cast with two services",
-        &zeroconf,
-        |h| h.hostname == "lab-cast" && h.services.len() == 2,
-    );
-    assert_eq!(host.addresses, vec![IpAddr::V4(cast_ip)]);
-    let airplay = &host.services[0];
-    assert_eq!(airplay.service_type, "_airplay._tcp.local.");
-    assert_eq!(airplay.instance, "Lab Cast");
-    assert_eq!(airplay.port, 7000);
-    assert!(airplay.txt.is_empty(), "{:?}", airplay.txt);
-    let googlecast = &host.services[1];
-    assert_eq!(googlecast.service_type, "_googlecast._tcp.local.");
-    assert_eq!(googlecast.instance, "Lab Cast");
-    assert_eq!(googlecast.port, 8009);
-    let entry = |key: &str, value: Option<&str>| TxtEntry {
-        key: key.into(),
-        value: value.map(Text::from),
-    };
-    assert_eq!(
-        googlecast.txt,
-        vec![
-            entry("md", Some("Chromecast Ultra")),
-            entry("fn", Some("Lab Cast")),
-            entry("id", Some("0123abcd")),
-            entry("ty", None),
-        ]
-    );
-
-    // The responder says goodbye: the host is reported without services.
-    zeroconf
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("stopping the responder: {e}"));
-    wait_for_line(&mut zeroconf, "STOPPED");
-    next_report(
-        &rt,
-        &mut reports,
-        "lab-cast without services",
-        &zeroconf,
-        |h| h.hostname == "lab-cast" && h.services.is_empty(),
-    );
-
-    let _ = stop.send(());
-    rt.block_on(task)
-        .expect("the browser task panicked")
-        .unwrap_or_else(|e| panic!("the browser failed: {e}"));
-    let footprint = lab.footprint();
-    drop(zeroconf);
-    drop((cast, agent));
     drop(lab);
     assert_gone(&footprint);
 }

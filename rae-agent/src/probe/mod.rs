@@ -1,8 +1,11 @@
-//! Active identification of LAN devices: mDNS browsing and SSDP/UPnP/DIAL.
+//! Active probing of LAN devices: liveness, DNS-SD queries and SSDP/UPnP/DIAL identification.
 //!
 //! Parts:
-//! - [`mdns`]: the `mdns-sd` daemon on the LAN interface only; enumerates the service types,
-//!   browses each, and reports per host its name, addresses and services ([`MdnsHost`]).
+//! - [`liveness`]: unicast ARP requests and Neighbor Solicitations on the probe schedule the
+//!   registry core sets, rate-limited in total; matches answers to RTTs.
+//! - [`mdns_query`]: DNS-SD queries (type enumeration, then each type) sent on the LAN port
+//!   only, joining no group; the answers come back through the capture. [`mdns`]: the shared
+//!   settings (TXT keys kept, bounds).
 //! - [`identify`]: M-SEARCH from the LAN address, then per answering device its UPnP
 //!   description and DIAL applications ([`Identified`]), each device rate-limited by
 //!   [`limiter`].
@@ -17,8 +20,7 @@
 //! never resolved.
 //!
 //! Limitations: SSDP is IPv4 only (no `[FF02::C]` search); NOTIFYs reach identification only if
-//! another part (capture) hands them to [`identify::Sightings`]; ARP/NDP liveness probes are
-//! not here yet.
+//! another part (capture) hands them to [`identify::Sightings`].
 
 pub mod dial;
 pub mod http;
@@ -32,7 +34,7 @@ pub mod upnp;
 
 pub use identify::{Identified, SsdpSearch, SsdpSettings};
 pub use limiter::FetchLimits;
-pub use mdns::{MdnsBrowser, MdnsHost, MdnsSettings};
+pub use mdns::MdnsSettings;
 
 /// Why a probe task or an identification failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +57,4 @@ pub enum ProbeError {
     Status { url: String, status: u16 },
     #[error("document at {url}: {source}")]
     Xml { url: String, source: upnp::XmlError },
-    #[error("mDNS, {what}: {source}")]
-    Mdns {
-        what: &'static str,
-        source: mdns_sd::Error,
-    },
 }
