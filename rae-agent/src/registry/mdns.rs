@@ -9,8 +9,8 @@
 //!   (TTL > 0), without `.local.`.
 //! - [`ObservationKind::MdnsService`]: a PTR from a service type to an instance of it whose SRV
 //!   and TXT records are in the same packet (any section but authority); only the selected
-//!   TXT keys, first occurrence of each, values cut to `max_txt_value`; the service type and
-//!   instance keep their `.local.` forms as DNS-SD names them.
+//!   TXT keys, first occurrence of each, values cut to `max_txt_value`; the service type keeps its
+//!   `.local.` suffix (`_googlecast._tcp.local.`), the instance is the name before the type.
 //! - [`ObservationKind::MdnsServiceGone`]: such a PTR with TTL 0 (a goodbye).
 //!
 //! Limitations: subtype PTRs (`_x._sub._y._tcp.local.`) and services whose SRV or TXT came in
