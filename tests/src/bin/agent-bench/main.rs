@@ -1,0 +1,124 @@
+//! `agent-bench`: the agent's measured figures, in the virtual lab with the real binaries.
+//!
+//! Subcommands (each bounded in count and time; each prints progress and a summary):
+//! - `latency --joins N`: N DHCP joins (a new MAC each); per join, the DISCOVER and ACK on the
+//!   wire (kernel receive timestamps on the lab bridge) against the first Snapshot and the
+//!   first event carrying the leased address at an MQTT subscriber.
+//! - `rss --devices N`: the agent's VmRSS/VmHWM idle and with N devices (one DUT plus N-1
+//!   devices whose ARP announcements and neighbour solicitations it sends from N-1 MACs).
+//! - `cpu --seconds S`: the agent's CPU time over S seconds idle, during iperf3 between two
+//!   DUTs, and during iperf3 from a DUT to the bridge's own address; with its capture counters.
+//! - `arpwatch --duts N`: Debian's arpwatch beside the agent while N DUTs of mixed kinds join
+//!   and talk: devices each one found, and the CPU time of each.
+//!
+//! The agent is the release build by default (`target/release/rae-agent`, which
+//! `cargo build --release -p rae-agent` makes); `--agent-bin PATH` picks another.
+//! `raectl` is the one next to this executable (it only reads the database).
+//!
+//! Limitations: needs root; the machine is shared, so CPU figures are best compared as
+//! ratios within one run.
+
+mod arpwatch;
+mod bed;
+mod cpu;
+mod inject;
+mod latency;
+mod procstat;
+mod rss;
+mod sniff;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options]
+  latency  [--joins N]     DHCP ACK on the wire -> Snapshot at a subscriber (default 100)
+  rss      [--devices N]   agent RSS idle and with N devices (default 256)
+  cpu      [--seconds S]   agent CPU idle and under iperf3 bulk traffic (default 20)
+  arpwatch [--duts N]      arpwatch beside the agent, N mixed DUTs (default 8)
+  --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
+
+enum Command {
+    Latency { joins: usize },
+    Rss { devices: usize },
+    Cpu { seconds: u64 },
+    Arpwatch { duts: usize },
+}
+
+struct Args {
+    agent_bin: Option<PathBuf>,
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("agent-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T> {
+    let value = value.with_context(|| format!("{flag} needs a number"))?;
+    value
+        .parse()
+        .ok()
+        .with_context(|| format!("{flag} {value:?} is not a number"))
+}
+
+fn parse_args() -> Result<Args> {
+    let mut agent_bin = None;
+    let mut command = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), &mut command) {
+            ("-h" | "--help", _) => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            ("--agent-bin", _) => {
+                agent_bin = Some(PathBuf::from(
+                    it.next().context("--agent-bin needs a path")?,
+                ))
+            }
+            ("latency", None) => command = Some(Command::Latency { joins: 100 }),
+            ("rss", None) => command = Some(Command::Rss { devices: 256 }),
+            ("cpu", None) => command = Some(Command::Cpu { seconds: 20 }),
+            ("arpwatch", None) => command = Some(Command::Arpwatch { duts: 8 }),
+            ("--joins", Some(Command::Latency { joins })) => *joins = number(&arg, it.next())?,
+            ("--devices", Some(Command::Rss { devices })) => *devices = number(&arg, it.next())?,
+            ("--seconds", Some(Command::Cpu { seconds })) => *seconds = number(&arg, it.next())?,
+            ("--duts", Some(Command::Arpwatch { duts })) => *duts = number(&arg, it.next())?,
+            (other, _) => bail!("unexpected argument {other:?}\n{USAGE}"),
+        }
+    }
+    let command = command.with_context(|| format!("no subcommand given\n{USAGE}"))?;
+    Ok(Args { agent_bin, command })
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("must run as root (network namespaces, AF_PACKET sockets)");
+    }
+    let agent_bin = match args.agent_bin {
+        Some(path) => path,
+        None => bed::default_agent_binary()?,
+    };
+    if !agent_bin.is_file() {
+        bail!(
+            "no rae-agent binary at {} (build it with `cargo build --release -p rae-agent`)",
+            agent_bin.display()
+        );
+    }
+    println!("agent binary: {}", agent_bin.display());
+    match args.command {
+        Command::Latency { joins } => latency::run(&agent_bin, joins),
+        Command::Rss { devices } => rss::run(&agent_bin, devices),
+        Command::Cpu { seconds } => cpu::run(&agent_bin, seconds),
+        Command::Arpwatch { duts } => arpwatch::run(&agent_bin, duts),
+    }
+}
