@@ -1,1 +1,30 @@
 //! Decoding and validation, the per-session fold, and the SQL that writes it.
+//!
+//! - [`decode`]: topic + payload -> [`SinkEvent`], or the [`Rejection`] a dead letter records.
+//! - [`fold`]: pure: a batch -> one change per session and per RAE; the convergence rule and
+//!   the exact meaning of `needs_resync` are documented there.
+//! - `columns`, `statements`: how the record maps onto columns; the statements of a write.
+//! - [`sql`]: [`Db`], the [`BatchWriter`](crate::record::BatchWriter): one transaction per
+//!   batch, retried on SQLSTATE 40001/40P01/40003 and lost connections with capped backoff.
+//!
+//! Limitations: a record that only the database rejects (SQLSTATE class 22/23) is isolated by
+//! halving the batch into separately committed parts; MQTT-origin dead letters have no stable
+//! identity, so an attempt whose commit outcome was lost may record one twice (Kafka-origin
+//! ones are unique by topic/partition/offset).
+
+mod columns;
+pub mod decode;
+pub mod fold;
+pub mod sql;
+mod statements;
+
+pub use decode::{decode, Rejection, SinkEvent};
+pub use fold::{fold, Folded};
+pub use sql::{Db, DbError, DbOptions, RetryPolicy};
+
+use crate::record::Raw;
+
+/// Decodes every record of `batch` and folds the batch (positions are into `batch`).
+pub fn prepare(batch: &[Raw]) -> Folded {
+    fold(batch.iter().enumerate().map(|(i, raw)| (i, decode(raw))))
+}

@@ -1,1 +1,3 @@
 //! The sources that feed ordered workers: Kafka (consumer group) and MQTT (lanes).
+
+pub mod kafka;

@@ -1,0 +1,420 @@
+//! [`Db`]: the one place that writes the Cloud Registry. One transaction per batch, retried
+//! whole on serialization failures and lost connections.
+
+use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, PgPool};
+
+use super::fold::Folded;
+use super::statements::{read_sessions, write_dead_letters, write_raes, write_sessions};
+use super::{prepare, Rejection};
+use crate::record::{BatchWriter, Raw, WriteError, WriteOutcome};
+
+/// The schema, embedded so that the binary needs no files next to it.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "registry",
+    include_str!("../../migrations/0001_registry.sql"),
+)];
+
+/// How a failed transaction is retried: capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; at least 1.
+    pub max_attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// About 30 s of trying: enough to ride out a CockroachDB node restart or a lease move.
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            first_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `attempt + 1`: half the capped exponential delay, plus a
+    /// random part of up to the other half, so that conflicting writers drift apart.
+    pub fn backoff(&self, attempt: u32, random: u64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(20);
+        let delay = self
+            .first_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff);
+        let half = delay / 2;
+        let half_ms = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_micros(random % half_ms)
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Why the database could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot read the embedded migrations")]
+    Migrations(#[source] sqlx::migrate::MigrateError),
+    #[error("cannot migrate the database")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Every connection runs SERIALIZABLE: CockroachDB's only level, and the one that makes the
+/// read of the stored seq bookkeeping and the upsert built from it one atomic step.
+fn pool_options(options: &DbOptions) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute(
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
+/// What to do about a failed attempt.
+#[derive(Debug)]
+enum Failure {
+    /// Serialization failure, deadlock, ambiguous commit, lost connection: try again.
+    Transient(String),
+    /// The data of some record is unacceptable to the database (SQLSTATE class 22/23).
+    Data(String),
+    /// Anything else (schema missing, permissions): retrying the same batch cannot help.
+    Permanent(String),
+    Stopped,
+}
+
+fn classify(error: &sqlx::Error) -> Failure {
+    let message = error.to_string();
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or(Cow::Borrowed(""));
+            match code.as_ref() {
+                // 40001 serialization failure, 40P01 deadlock, 40003 statement completion
+                // unknown (CockroachDB's ambiguous result: the write is idempotent).
+                "40001" | "40P01" | "40003" => Failure::Transient(message),
+                // 57P01..03: admin shutdown, crash shutdown, cannot connect now.
+                "57P01" | "57P02" | "57P03" => Failure::Transient(message),
+                c if c.starts_with("08") => Failure::Transient(message),
+                c if c.starts_with("22") || c.starts_with("23") => Failure::Data(message),
+                _ => Failure::Permanent(message),
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => Failure::Transient(message),
+        sqlx::Error::PoolClosed => Failure::Stopped,
+        _ => Failure::Permanent(message),
+    }
+}
+
+/// Why a (part of a) batch was not written.
+#[derive(Debug)]
+enum AttemptsFailed {
+    Data { message: String, retries: u32 },
+    Write(WriteError),
+}
+
+/// The Cloud Registry: a PostgreSQL-protocol pool (CockroachDB, or PostgreSQL in tests).
+#[derive(Debug)]
+pub struct Db {
+    pool: PgPool,
+    retry: RetryPolicy,
+    retries_total: AtomicU64,
+    random: RandomState,
+}
+
+impl Db {
+    /// Connects (at least one connection must succeed now; later ones are made on demand).
+    pub async fn connect(url: &str, options: DbOptions) -> Result<Db, DbError> {
+        let pool = pool_options(&options)
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        Ok(Self::from_pool(pool, options.retry))
+    }
+
+    /// Checks the URL only; connections are made by the first write, whose retries then
+    /// cover a database that is not up yet.
+    pub fn connect_lazy(url: &str, options: DbOptions) -> Result<Db, DbError> {
+        let pool = pool_options(&options)
+            .connect_lazy(url)
+            .map_err(DbError::Connect)?;
+        Ok(Self::from_pool(pool, options.retry))
+    }
+
+    /// Wraps a pool made elsewhere. Its connections must run transactions at SERIALIZABLE
+    /// (CockroachDB always does; [`Db::connect`] sets it for PostgreSQL), which the
+    /// read-then-upsert of the seq bookkeeping relies on.
+    pub fn from_pool(pool: PgPool, retry: RetryPolicy) -> Db {
+        Db {
+            pool,
+            retry: RetryPolicy {
+                max_attempts: retry.max_attempts.max(1),
+                ..retry
+            },
+            retries_total: AtomicU64::new(0),
+            random: RandomState::new(),
+        }
+    }
+
+    /// Applies the embedded migrations. Without advisory locks (CockroachDB has none):
+    /// deployments run one migrating instance at a time.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let mut migrator = Migrator::new(Embedded).await.map_err(DbError::Migrations)?;
+        migrator.set_locking(false);
+        migrator.run(&self.pool).await.map_err(DbError::Migrate)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Transaction attempts beyond the first, over the life of this `Db` (for metrics).
+    pub fn retries_total(&self) -> u64 {
+        self.retries_total.load(Ordering::Relaxed)
+    }
+
+    /// Closes the pool; later writes fail with [`WriteError::Stopped`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Writes a batch: decode, fold, one transaction. A record the database rejects as data
+    /// (SQLSTATE class 22/23) is isolated by halving the batch and dead-lettered alone; the
+    /// halves then commit separately, which is safe because applying is idempotent (a
+    /// failure after a committed half makes the caller write the whole batch again).
+    pub async fn write(&self, batch: &[Raw]) -> Result<WriteOutcome, WriteError> {
+        let mut total = WriteOutcome::default();
+        // Ranges of `batch` still to write, the next one last.
+        let mut todo = Vec::new();
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            let part = &batch[range.clone()];
+            match self.write_part(part, prepare(part)).await {
+                Ok(outcome) => add(&mut total, outcome),
+                Err(AttemptsFailed::Write(error)) => return Err(error),
+                Err(AttemptsFailed::Data { message, retries }) => {
+                    total.retries += retries;
+                    if part.len() > 1 {
+                        let middle = range.start + part.len() / 2;
+                        todo.push(middle..range.end);
+                        todo.push(range.start..middle);
+                        continue;
+                    }
+                    tracing::warn!(cause = %message, "the database rejected a record; dead-lettering it");
+                    let mut only = Folded::default();
+                    only.rejected.push((0, Rejection::Database(message)));
+                    match self.write_part(part, only).await {
+                        Ok(outcome) => add(&mut total, outcome),
+                        Err(AttemptsFailed::Write(error)) => return Err(error),
+                        Err(AttemptsFailed::Data { message, .. }) => {
+                            return Err(WriteError::Unavailable {
+                                attempts: 1,
+                                message: format!("even the dead letter was rejected: {message}"),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn write_part(
+        &self,
+        batch: &[Raw],
+        plan: Folded,
+    ) -> Result<WriteOutcome, AttemptsFailed> {
+        let mut attempt = 1;
+        loop {
+            let failure = match self.transaction(batch, plan.clone()).await {
+                Ok(mut outcome) => {
+                    outcome.retries = attempt - 1;
+                    return Ok(outcome);
+                }
+                Err(error) => classify(&error),
+            };
+            let message = match failure {
+                Failure::Transient(message) => message,
+                Failure::Data(message) => {
+                    return Err(AttemptsFailed::Data {
+                        message,
+                        retries: attempt - 1,
+                    })
+                }
+                Failure::Permanent(message) => {
+                    return Err(AttemptsFailed::Write(WriteError::Unavailable {
+                        attempts: attempt,
+                        message,
+                    }))
+                }
+                Failure::Stopped => return Err(AttemptsFailed::Write(WriteError::Stopped)),
+            };
+            if attempt >= self.retry.max_attempts {
+                return Err(AttemptsFailed::Write(WriteError::Unavailable {
+                    attempts: attempt,
+                    message,
+                }));
+            }
+            let mut hasher = self.random.build_hasher();
+            hasher.write_u32(attempt);
+            hasher.write_u64(self.retries_total.load(Ordering::Relaxed));
+            let pause = self.retry.backoff(attempt, hasher.finish());
+            tracing::debug!(attempt, cause = %message, ?pause, "retrying the batch transaction");
+            self.retries_total.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt: everything of the batch in one transaction, or nothing.
+    async fn transaction(
+        &self,
+        batch: &[Raw],
+        mut plan: Folded,
+    ) -> Result<WriteOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let serials: Vec<String> = plan
+            .inventory_serials()
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let stored = read_sessions(&mut tx, &plan.sessions_to_read(), &serials).await?;
+        let rows = plan.settle(&stored);
+        write_sessions(&mut tx, &rows).await?;
+        write_raes(&mut tx, &plan.raes).await?;
+        let rejected: Vec<(usize, String)> = plan
+            .rejected
+            .iter()
+            .map(|(index, why)| (*index, why.to_string()))
+            .collect();
+        write_dead_letters(&mut tx, batch, &rejected).await?;
+        tx.commit().await?;
+        Ok(WriteOutcome {
+            applied: plan.applied,
+            dead_lettered: rejected.len(),
+            retries: 0,
+        })
+    }
+}
+
+fn add(total: &mut WriteOutcome, part: WriteOutcome) {
+    total.applied += part.applied;
+    total.dead_lettered += part.dead_lettered;
+    total.retries += part.retries;
+}
+
+impl BatchWriter for Db {
+    fn write(
+        &self,
+        batch: &[Raw],
+    ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send {
+        Db::write(self, batch)
+    }
+}
+
+/// The migrations compiled into the binary.
+#[derive(Debug)]
+struct Embedded;
+
+type Resolved = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = Resolved> + Send + 'static>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(policy.backoff(1, 0), Duration::from_millis(50));
+        assert_eq!(policy.backoff(2, 0), Duration::from_millis(100));
+        for attempt in 1..40 {
+            for random in [0, 7, u64::MAX] {
+                let pause = policy.backoff(attempt, random);
+                assert!(
+                    pause <= Duration::from_secs(1),
+                    "{attempt} {random}: {pause:?}"
+                );
+            }
+        }
+        assert!(policy.backoff(30, 0) >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn serialization_failures_and_lost_connections_are_transient() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(classify(&io), Failure::Transient(_)));
+        assert!(matches!(
+            classify(&sqlx::Error::PoolTimedOut),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&sqlx::Error::PoolClosed),
+            Failure::Stopped
+        ));
+        assert!(matches!(
+            classify(&sqlx::Error::RowNotFound),
+            Failure::Permanent(_)
+        ));
+    }
+}
