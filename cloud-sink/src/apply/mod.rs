@@ -1,6 +1,6 @@
 //! Decoding and validation, the per-session fold, and the SQL that writes it.
 //!
-//! - [`decode`]: topic + payload -> [`SinkEvent`], or the [`Rejection`] a dead letter records.
+//! - [`mod@decode`]: topic + payload -> [`SinkEvent`], or the [`Rejection`] a dead letter records.
 //! - [`fold`]: pure: a batch -> one change per session and per RAE; the convergence rule and
 //!   the exact meaning of `needs_resync` are documented there.
 //! - `columns`, `statements`: how the record maps onto columns; the statements of a write.

@@ -1,5 +1,5 @@
 //! The Kafka source (DESIGN section 5): a consumer group member that feeds one ordered
-//! [`partition`] worker per assigned partition and commits offsets only for batches the
+//! `partition` worker per assigned partition and commits offsets only for batches the
 //! database committed.
 //!
 //! - One poll thread owns the `BaseConsumer` (librdkafka's rebalance callbacks run on it and
