@@ -1,7 +1,7 @@
 //! Decoding and validation, the per-session fold, and the SQL that writes it.
 //!
 //! - [`mod@decode`]: topic + payload -> [`SinkEvent`], or the [`Rejection`] a dead letter records.
-//! - [`fold`]: pure: a batch -> one change per session and per RAE; the convergence rule and
+//! - [`mod@fold`]: pure: a batch -> one change per session and per RAE; the convergence rule and
 //!   the exact meaning of `needs_resync` are documented there.
 //! - `columns`, `statements`: how the record maps onto columns; the statements of a write.
 //! - [`sql`]: [`Db`], the [`BatchWriter`](crate::record::BatchWriter): one transaction per
