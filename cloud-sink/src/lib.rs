@@ -12,15 +12,24 @@
 //! - [`worker`]: ordered batching per partition or lane and offset tracking (takes `now`).
 //! - [`source`]: [`source::kafka::run`], the Kafka consumer group (cooperative-sticky, one
 //!   ordered worker per partition, pause/resume, offsets committed only after the batch's
-//!   transaction, revocation within a deadline, a supervisor that rebuilds the consumer),
-//!   with [`source::kafka::KafkaMetrics`].
+//!   transaction, revocation within a deadline, a supervisor that rebuilds the consumer), and
+//!   [`source::mqtt::run`], the MQTT v5 source (persistent session, topics hashed onto ordered
+//!   lanes, acks in arrival order only after the batch committed).
+//! - [`bridge`]: MQTT to Kafka with key = MQTT topic, idempotent producer (acks=all), the MQTT
+//!   message acked only after Kafka's delivery report.
+//! - [`config`]: the command line (`kafka`, `mqtt`, `bridge`, `migrate`), every flag also an
+//!   environment variable (`CLOUD_SINK_*`).
+//! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` on a tiny HTTP responder, and the
+//!   SIGTERM/SIGINT handling.
 //!
-//! Limitations (issue 4 in progress): the binary does not ingest yet (no CLI wiring of the
-//! Kafka source to [`apply::Db`]); no MQTT source, no bridge, no Prometheus endpoint or health
-//! checks, no Dockerfile. The SQL keeps to what CockroachDB documents but has only run on
-//! PostgreSQL.
+//! Limitations: the SQL keeps to what CockroachDB documents but has only run on PostgreSQL;
+//! the Dockerfile is checked by a parser test, never built here (no Docker engine);
+//! `--migrate` takes no lock (run `cloud-sink migrate` once when instances start together).
 
 pub mod apply;
+pub mod bridge;
+pub mod config;
+pub mod ops;
 pub mod record;
 pub mod source;
 pub mod worker;

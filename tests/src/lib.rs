@@ -20,4 +20,5 @@ pub mod labdir;
 pub mod mqtt_watch;
 pub mod netlab;
 pub mod services;
+pub mod sink;
 pub mod sweep;

@@ -1,0 +1,417 @@
+//! The command line: every setting is a flag and an environment variable (`CLOUD_SINK_*`),
+//! so a container is configured from its environment alone.
+//!
+//! [`Cli`] is what clap parses; [`KafkaArgs::source_config`] and [`DbArgs::options`] turn it
+//! into the library's settings, rejecting what the library would only reject later.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::apply::{DbOptions, RetryPolicy};
+use crate::bridge::BridgeConfig;
+use crate::source::kafka::KafkaSourceConfig;
+use crate::source::mqtt::{MqttBrokerConfig, MqttSourceConfig};
+
+/// Ingests RAE device events from Kafka (or straight from MQTT for a single lab) into
+/// CockroachDB, keeping per-device order; `bridge` moves MQTT into Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "cloud-sink", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume a Kafka topic in a consumer group and write it to the database.
+    Kafka(Box<KafkaArgs>),
+    /// Subscribe to MQTT directly and write to the database (one lab, no Kafka).
+    Mqtt(Box<MqttArgs>),
+    /// Move MQTT device, status and inventory messages into Kafka (key = MQTT topic).
+    Bridge(Box<BridgeArgs>),
+    /// Apply the database migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+/// The MQTT broker both MQTT modes subscribe to (persistent session, manual acks).
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    #[arg(long, env = "CLOUD_SINK_MQTT_HOST", default_value = "127.0.0.1")]
+    pub mqtt_host: String,
+    #[arg(long, env = "CLOUD_SINK_MQTT_PORT", default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// Keep it stable across restarts: the broker keeps the session's queued messages by it.
+    #[arg(long, env = "CLOUD_SINK_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+    #[arg(long, env = "CLOUD_SINK_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    #[arg(long, env = "CLOUD_SINK_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// Subscribe as `$share/<group>/...` so several instances split the topics.
+    #[arg(long, env = "CLOUD_SINK_MQTT_SHARED_GROUP")]
+    pub mqtt_shared_group: Option<String>,
+    /// Unacknowledged messages the broker may send ahead (our Receive Maximum).
+    #[arg(long, env = "CLOUD_SINK_MQTT_MAX_INFLIGHT", default_value_t = 1000)]
+    pub mqtt_max_inflight: u16,
+}
+
+impl BrokerArgs {
+    fn broker_config(&self, default_client_id: &str) -> MqttBrokerConfig {
+        MqttBrokerConfig {
+            host: self.mqtt_host.clone(),
+            port: self.mqtt_port,
+            client_id: self
+                .mqtt_client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id.to_owned()),
+            username: self.mqtt_username.clone(),
+            password: self.mqtt_password.clone(),
+            shared_group: self.mqtt_shared_group.clone(),
+            max_inflight: self.mqtt_max_inflight,
+            ..MqttBrokerConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MqttArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Ordered lanes the topics are hashed onto (one worker each).
+    #[arg(long, env = "CLOUD_SINK_LANES", default_value_t = 4)]
+    pub lanes: u32,
+    #[arg(long, env = "CLOUD_SINK_BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    #[arg(long, env = "CLOUD_SINK_BATCH_MAX_WAIT_MS", default_value_t = 1000)]
+    pub batch_max_wait_ms: u64,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Apply the database migrations before consuming (run `cloud-sink migrate` once instead
+    /// when several instances start together: the migrations take no lock).
+    #[arg(long, env = "CLOUD_SINK_MIGRATE")]
+    pub migrate: bool,
+}
+
+impl MqttArgs {
+    pub fn source_config(&self, shutdown: Duration) -> MqttSourceConfig {
+        MqttSourceConfig {
+            broker: self.broker.broker_config("cloud-sink"),
+            lanes: self.lanes,
+            batch_max_records: self.batch_max_records,
+            batch_max_wait_ms: self.batch_max_wait_ms,
+            shutdown_deadline_ms: u64::try_from(shutdown.as_millis()).unwrap_or(u64::MAX),
+            ..MqttSourceConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Kafka `bootstrap.servers`, comma-separated.
+    #[arg(long, env = "CLOUD_SINK_BROKERS")]
+    pub brokers: String,
+    /// The Kafka topic records go to.
+    #[arg(long, env = "CLOUD_SINK_TOPIC", default_value = "rae-events")]
+    pub topic: String,
+}
+
+impl BridgeArgs {
+    pub fn bridge_config(&self, shutdown: Duration) -> BridgeConfig {
+        BridgeConfig {
+            broker: self.broker.broker_config("cloud-sink-bridge"),
+            kafka_brokers: self.brokers.clone(),
+            kafka_topic: self.topic.clone(),
+            shutdown_deadline_ms: u64::try_from(shutdown.as_millis()).unwrap_or(u64::MAX),
+            ..BridgeConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings every mode shares: logs, the metrics/health endpoint, shutdown.
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_METRICS_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_addr: SocketAddr,
+    #[arg(
+        long,
+        env = "CLOUD_SINK_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info,librdkafka=warn`; `RUST_LOG` is not read.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_LOG",
+        default_value = "info,librdkafka=warn,sqlx=warn",
+        global = true
+    )]
+    pub log_filter: String,
+    /// From SIGTERM/SIGINT to exit: stop fetching, drain, commit.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_SHUTDOWN_DEADLINE_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_deadline_secs: u64,
+}
+
+/// The database connection.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// A PostgreSQL-protocol URL (CockroachDB: `postgresql://user@host:26257/db?sslmode=verify-full`).
+    #[arg(long, env = "CLOUD_SINK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(long, env = "CLOUD_SINK_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+    #[arg(long, env = "CLOUD_SINK_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Transaction attempts per batch before the worker backs off and writes it again.
+    #[arg(long, env = "CLOUD_SINK_DB_MAX_ATTEMPTS", default_value_t = 12)]
+    pub db_max_attempts: u32,
+    #[arg(long, env = "CLOUD_SINK_DB_FIRST_BACKOFF_MS", default_value_t = 50)]
+    pub db_first_backoff_ms: u64,
+    #[arg(long, env = "CLOUD_SINK_DB_MAX_BACKOFF_MS", default_value_t = 5000)]
+    pub db_max_backoff_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// `bootstrap.servers`, comma-separated.
+    #[arg(long, env = "CLOUD_SINK_BROKERS")]
+    pub brokers: String,
+    /// Topics to consume; repeat the flag or separate with commas.
+    #[arg(
+        long = "topic",
+        env = "CLOUD_SINK_TOPICS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub topics: Vec<String>,
+    #[arg(long, env = "CLOUD_SINK_GROUP", default_value = "cloud-sink")]
+    pub group: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Apply the migrations before consuming (one migrating instance at a time: no locks).
+    #[arg(long, env = "CLOUD_SINK_MIGRATE")]
+    pub migrate: bool,
+    #[arg(long, env = "CLOUD_SINK_AUTO_OFFSET_RESET", default_value = "earliest")]
+    pub auto_offset_reset: String,
+    #[arg(long, env = "CLOUD_SINK_CHANNEL_CAPACITY", default_value_t = 2000)]
+    pub channel_capacity: usize,
+    #[arg(long, env = "CLOUD_SINK_BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    #[arg(long, env = "CLOUD_SINK_BATCH_MAX_WAIT_MS", default_value_t = 1000)]
+    pub batch_max_wait_ms: u64,
+    #[arg(long, env = "CLOUD_SINK_COMMIT_MAX_RECORDS", default_value_t = 1000)]
+    pub commit_max_records: usize,
+    #[arg(long, env = "CLOUD_SINK_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+    /// librdkafka's prefetch cap (`queued.max.messages.kbytes`): bounds memory.
+    #[arg(long, env = "CLOUD_SINK_PREFETCH_KBYTES", default_value_t = 16 * 1024)]
+    pub prefetch_kbytes: u32,
+    #[arg(long, env = "CLOUD_SINK_PREFETCH_MESSAGES", default_value_t = 2000)]
+    pub prefetch_messages: u32,
+    #[arg(long, env = "CLOUD_SINK_REVOKE_DEADLINE_MS", default_value_t = 10_000)]
+    pub revoke_deadline_ms: u64,
+    #[arg(long, env = "CLOUD_SINK_STALL_AFTER_MS", default_value_t = 120_000)]
+    pub stall_after_ms: u64,
+    /// How often librdkafka reports statistics (the lag gauges come from them).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_STATISTICS_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    pub statistics_interval_ms: u64,
+    #[arg(long, env = "CLOUD_SINK_WRITE_RETRY_MIN_MS", default_value_t = 200)]
+    pub write_retry_min_ms: u64,
+    #[arg(long, env = "CLOUD_SINK_WRITE_RETRY_MAX_MS", default_value_t = 10_000)]
+    pub write_retry_max_ms: u64,
+    /// Further librdkafka settings as `key=value` (TLS, SASL, timeouts); repeatable, or
+    /// comma-separated in the environment variable.
+    #[arg(
+        long = "librdkafka",
+        env = "CLOUD_SINK_LIBRDKAFKA",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub librdkafka: Vec<String>,
+}
+
+/// A setting that parsed but cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--librdkafka {0:?} is not KEY=VALUE")]
+    LibrdkafkaSetting(String),
+    #[error("--shutdown-deadline-secs must be at least 1")]
+    ShutdownDeadline,
+}
+
+impl DbArgs {
+    pub fn options(&self) -> DbOptions {
+        DbOptions {
+            max_connections: self.db_max_connections.max(1),
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            retry: RetryPolicy {
+                max_attempts: self.db_max_attempts.max(1),
+                first_backoff: Duration::from_millis(self.db_first_backoff_ms.max(1)),
+                max_backoff: Duration::from_millis(
+                    self.db_max_backoff_ms.max(self.db_first_backoff_ms),
+                ),
+            },
+        }
+    }
+}
+
+impl OpsArgs {
+    pub fn shutdown_deadline(&self) -> Result<Duration, ConfigError> {
+        if self.shutdown_deadline_secs == 0 {
+            return Err(ConfigError::ShutdownDeadline);
+        }
+        Ok(Duration::from_secs(self.shutdown_deadline_secs))
+    }
+}
+
+impl KafkaArgs {
+    /// The source's settings; `shutdown` is the whole budget from the signal to exit.
+    pub fn source_config(&self, shutdown: Duration) -> Result<KafkaSourceConfig, ConfigError> {
+        let mut librdkafka = BTreeMap::new();
+        for setting in &self.librdkafka {
+            let Some((key, value)) = setting.split_once('=') else {
+                return Err(ConfigError::LibrdkafkaSetting(setting.clone()));
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(ConfigError::LibrdkafkaSetting(setting.clone()));
+            }
+            librdkafka.insert(key.to_owned(), value.trim().to_owned());
+        }
+        let shutdown_ms = u64::try_from(shutdown.as_millis()).unwrap_or(u64::MAX);
+        Ok(KafkaSourceConfig {
+            brokers: self.brokers.clone(),
+            group_id: self.group.clone(),
+            topics: self.topics.iter().map(|t| t.trim().to_owned()).collect(),
+            auto_offset_reset: self.auto_offset_reset.clone(),
+            channel_capacity: self.channel_capacity,
+            batch_max_records: self.batch_max_records,
+            batch_max_wait_ms: self.batch_max_wait_ms,
+            commit_max_records: self.commit_max_records,
+            commit_interval_ms: self.commit_interval_ms,
+            prefetch_kbytes: self.prefetch_kbytes,
+            prefetch_messages: self.prefetch_messages,
+            revoke_deadline_ms: self.revoke_deadline_ms,
+            // The rest of the budget goes to closing the database pool and the HTTP server.
+            shutdown_deadline_ms: shutdown_ms.saturating_sub(shutdown_ms / 10).max(1),
+            stall_after_ms: self.stall_after_ms,
+            statistics_interval_ms: self.statistics_interval_ms,
+            write_retry_min_ms: self.write_retry_min_ms,
+            write_retry_max_ms: self.write_retry_max_ms,
+            librdkafka,
+            ..KafkaSourceConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cloud-sink").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn kafka_flags_become_the_source_config() {
+        let cli = parse(&[
+            "--log-format",
+            "json",
+            "kafka",
+            "--brokers",
+            "127.0.0.1:9092",
+            "--topic",
+            "a,b",
+            "--topic",
+            "c",
+            "--group",
+            "g",
+            "--database-url",
+            "postgresql://x@127.0.0.1/db",
+            "--librdkafka",
+            "security.protocol=ssl",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert_eq!(cli.ops.log_format, LogFormat::Json);
+        assert_eq!(cli.ops.metrics_addr.port(), 0);
+        let Command::Kafka(k) = cli.command else {
+            panic!("not kafka: {:?}", cli.command)
+        };
+        let c = k.source_config(Duration::from_secs(10)).unwrap();
+        assert_eq!(c.topics, ["a", "b", "c"]);
+        assert_eq!(c.group_id, "g");
+        assert_eq!(c.shutdown_deadline_ms, 9000);
+        assert_eq!(c.librdkafka["security.protocol"], "ssl");
+    }
+
+    #[test]
+    fn missing_and_bad_settings_are_rejected() {
+        let err = parse(&["kafka", "--brokers", "b", "--database-url", "u"]).unwrap_err();
+        assert!(err.to_string().contains("--topic"), "{err}");
+        assert!(parse(&["--log-format", "xml", "migrate", "--database-url", "u"]).is_err());
+        assert!(parse(&[
+            "--metrics-addr",
+            "nowhere",
+            "migrate",
+            "--database-url",
+            "u"
+        ])
+        .is_err());
+        let cli = parse(&[
+            "kafka",
+            "--brokers",
+            "b",
+            "--topic",
+            "t",
+            "--database-url",
+            "u",
+            "--librdkafka",
+            "novalue",
+        ])
+        .unwrap();
+        let Command::Kafka(k) = cli.command else {
+            panic!("not kafka")
+        };
+        assert!(matches!(
+            k.source_config(Duration::from_secs(1)),
+            Err(ConfigError::LibrdkafkaSetting(_))
+        ));
+    }
+}
