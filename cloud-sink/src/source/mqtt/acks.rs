@@ -1,7 +1,7 @@
 //! The order MQTT acknowledgements go out in; sans-IO.
 //!
 //! MQTT requires a client to send its PUBACKs in the order the PUBLISHes arrived, but lanes
-//! finish their batches in any order. [`AckQueue`] holds every received message in arrival
+//! finish their batches in any order. `AckQueue` holds every received message in arrival
 //! order and releases acknowledgements only from the front, once a message and everything
 //! before it is done. A message received on an earlier connection is never acknowledged on a
 //! later one (the broker redelivers it there under the same packet id, which the new copy

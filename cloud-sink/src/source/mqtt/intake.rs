@@ -1,7 +1,7 @@
 //! The MQTT connection both the MQTT source and the bridge read from: an MQTT v5 client with
 //! manual acknowledgements and a persistent session, whose event loop one task owns.
 //!
-//! The event loop task forwards what the router needs ([`Intake`]) over a bounded channel and
+//! The event loop task forwards what the router needs (`Intake`) over a bounded channel and
 //! reconnects with backoff. The broker sends at most `max_inflight` unacknowledged QoS 1
 //! messages (our receive maximum), and the channels behind it hold at least that many, so
 //! forwarding never blocks the event loop for long and keep-alives keep flowing while the
