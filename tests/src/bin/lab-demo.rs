@@ -5,8 +5,8 @@
 //! an mDNS responder, an SSDP/UPnP/DIAL responder) and shows what a lab operator and the
 //! cloud see: the Snapshots and Deltas on `rae/v1/#` as they arrive, `raectl devices`,
 //! `raectl show`, `raectl status`, a DUT unplugged going offline after the configured misses,
-//! the recorded LAN replayed through `rae-agent --pcap`, and the agent's `offline` status after
-//! SIGTERM. Everything is removed when it ends, on Ctrl-C too.
+//! the recorded LAN replayed through `rae-agent --pcap`, the Cloud Registry rows that
+//! `cloud-sink mqtt` wrote into PostgreSQL, and the agent's `offline` status after SIGTERM. Everything is removed when it ends, on Ctrl-C too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -17,7 +17,8 @@ use rae_proto::{AgentState, Envelope, Event, Field, Liveness, Mac, Status};
 use rae_tests::agent::{raectl, Agent, AgentSpec};
 use rae_tests::mqtt_watch::MqttWatch;
 use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, Lab, LabConfig, LabProcess};
-use rae_tests::services::Mosquitto;
+use rae_tests::services::{Mosquitto, Postgres};
+use rae_tests::sink::Sink;
 
 const USAGE: &str = "usage: lab-demo [--hold]
   --hold        keep the lab up until Ctrl-C, to explore it with `ip netns exec`";
@@ -71,6 +72,38 @@ fn run() -> Result<()> {
     println!("   mosquitto on {}", broker.url());
     let watch = MqttWatch::start(broker.host(), broker.port(), "lab-demo", &["rae/v1/#"])
         .context("subscribing to rae/v1/#")?;
+    let postgres = Postgres::start().context("starting PostgreSQL")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?;
+    let database_url = runtime
+        .block_on(postgres.create_database("cloud_registry"))
+        .context("creating the Cloud Registry database")?;
+    let sink_args: Vec<String> = [
+        "mqtt",
+        "--migrate",
+        "--batch-max-wait-ms",
+        "200",
+        "--mqtt-port",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([broker.port().to_string()])
+    .collect();
+    let mut sink = Sink::start_mode(
+        "cloud-sink",
+        lab.dir(),
+        &sink_args,
+        &[
+            ("CLOUD_SINK_MQTT_HOST", broker.host().to_string()),
+            ("CLOUD_SINK_DATABASE_URL", database_url.clone()),
+        ],
+    )
+    .context("starting cloud-sink")?;
+    sink.wait_ready(Duration::from_secs(60))
+        .with_context(|| format!("cloud-sink log:\n{}", sink.log_tail()))?;
+    println!("   PostgreSQL (SERIALIZABLE, standing in for CockroachDB) with `cloud-sink mqtt` writing the Cloud Registry");
 
     let mut spec = AgentSpec::for_lab(
         SERIAL,
@@ -190,6 +223,12 @@ fn run() -> Result<()> {
     println!("\n== raectl status");
     raectl_print(&spec, &["status"])?;
 
+    println!("\n== the Cloud Registry: device_sessions in PostgreSQL, written by cloud-sink");
+    let rows = runtime.block_on(cloud_rows(&database_url, macs.len()))?;
+    for row in rows {
+        println!("   {row}");
+    }
+
     println!("\n== stopping rae-agent (SIGTERM): it commits, says `offline`, exits 0");
     let status = agent
         .terminate(Duration::from_secs(20))
@@ -203,12 +242,24 @@ fn run() -> Result<()> {
         "\n== the LAN recorded meanwhile, replayed offline: rae-agent --pcap {} --quiet",
         pcap.display()
     );
-    let out = Command::new(&agent_bin)
-        .arg("--pcap")
-        .arg(&pcap)
-        .arg("--quiet")
-        .output()
-        .context("running rae-agent --pcap")?;
+    // The RAE's own MACs (the bridge takes a port's MAC as ports join): not devices.
+    let own: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .context("listing interfaces")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+        .map(|mac| mac.trim().to_string())
+        .filter(|mac| mac.len() == 17 && mac != "00:00:00:00:00:00")
+        .collect();
+    let mut replay = Command::new(&agent_bin);
+    replay.arg("--pcap").arg(&pcap).arg("--quiet");
+    for mac in &own {
+        replay.args(["--own-mac", mac]);
+    }
+    let out = replay.output().context("running rae-agent --pcap")?;
+    println!(
+        "   (own MACs passed with --own-mac; the bridge's MAC from before its ports joined no longer\n    \
+         exists, and a capture file does not say which frames this host sent, so it counts as a device)"
+    );
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())
@@ -223,7 +274,9 @@ fn run() -> Result<()> {
         );
         wait_for_ctrl_c()?;
     }
-    println!("\n== tearing down (namespaces, bridge, dnsmasq, clients, broker)");
+    println!("\n== tearing down (namespaces, bridge, dnsmasq, clients, broker, sink, database)");
+    let _ = sink.terminate(Duration::from_secs(20));
+    drop(postgres);
     drop(duts);
     drop(watch);
     drop(broker);
@@ -233,6 +286,54 @@ fn run() -> Result<()> {
 }
 
 const SERIAL: &str = "DEMO-RAE-1";
+
+/// The open sessions of the Cloud Registry, once it holds at least `want` of them (the sink
+/// writes within its batch wait), as table lines.
+async fn cloud_rows(url: &str, want: usize) -> Result<Vec<String>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("connecting to the Cloud Registry")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = sqlx::query(
+            "SELECT serial, session::TEXT AS session, mac, ipv4, \
+                    convert_from(hostname, 'UTF8') AS hostname, reachability, seq_hw, needs_resync \
+             FROM device_sessions WHERE closed_seq IS NULL ORDER BY mac",
+        )
+        .fetch_all(&pool)
+        .await
+        .context("querying device_sessions")?;
+        if rows.len() >= want || Instant::now() > deadline {
+            use sqlx::Row;
+            let mut out = vec![format!(
+                "{:<11} {:<10} {:<17} {:<15} {:<16} {:<8} {:>6} {}",
+                "serial", "session", "mac", "ipv4", "hostname", "reach", "seq_hw", "needs_resync"
+            )];
+            for r in rows {
+                let session: String = r.get("session");
+                out.push(format!(
+                    "{:<11} {:<10} {:<17} {:<15} {:<16} {:<8} {:>6} {}",
+                    r.get::<String, _>("serial"),
+                    format!("{}..", &session[..8]),
+                    r.get::<Option<String>, _>("mac").unwrap_or_default(),
+                    r.get::<Option<String>, _>("ipv4")
+                        .unwrap_or_else(|| "-".into()),
+                    r.get::<Option<String>, _>("hostname")
+                        .unwrap_or_else(|| "-".into()),
+                    r.get::<Option<String>, _>("reachability")
+                        .unwrap_or_default(),
+                    r.get::<i64, _>("seq_hw"),
+                    r.get::<bool, _>("needs_resync"),
+                ));
+            }
+            pool.close().await;
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 fn is_offline(e: &Envelope) -> bool {
     matches!(&e.event, Event::Delta { fields } if fields.iter().any(|f| matches!(f, Field::Reachability(r) if r.state == Liveness::Offline)))
