@@ -16,7 +16,7 @@ use cloud_sink::ops::health::{self, Health};
 use cloud_sink::ops::http::{self, BindError};
 use cloud_sink::ops::metrics::{MeteredWriter, WriterStats};
 use cloud_sink::ops::shutdown::{Signal, Signals};
-use cloud_sink::ops::{BridgeEndpoints, KafkaEndpoints, MqttEndpoints};
+use cloud_sink::ops::Endpoints;
 use cloud_sink::source::kafka::{self, KafkaMetrics, SourceError};
 use cloud_sink::source::mqtt::{self, MqttMetrics};
 use tokio::sync::oneshot;
@@ -133,11 +133,7 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
     let writer = Arc::new(MeteredWriter::new(db, stats.clone()));
     let metrics = Arc::new(KafkaMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(KafkaEndpoints {
-        metrics: metrics.clone(),
-        writer: stats,
-        health: health.clone(),
-    });
+    let endpoints = Arc::new(Endpoints::kafka(metrics.clone(), stats, health.clone()));
     let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(serving);
@@ -236,11 +232,7 @@ async fn run_mqtt(ops: &OpsArgs, args: MqttArgs) -> Result<(), AppError> {
     let writer = Arc::new(MeteredWriter::new(db, stats.clone()));
     let metrics = Arc::new(MqttMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(MqttEndpoints {
-        metrics: metrics.clone(),
-        writer: stats,
-        health: health.clone(),
-    });
+    let endpoints = Arc::new(Endpoints::mqtt(metrics.clone(), stats, health.clone()));
     let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(serving);
@@ -266,10 +258,7 @@ async fn run_bridge(ops: &OpsArgs, args: BridgeArgs) -> Result<(), AppError> {
     let config = args.bridge_config(deadline);
     let metrics = Arc::new(BridgeMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(BridgeEndpoints {
-        metrics: metrics.clone(),
-        health: health.clone(),
-    });
+    let endpoints = Arc::new(Endpoints::bridge(metrics.clone(), health.clone()));
     let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(serving);

@@ -253,28 +253,7 @@ pub fn render_kafka(k: &KafkaMetricsSnapshot, writer: &WriterStats, db_up: bool)
         "Partitions currently assigned.",
         k.partitions.len() as u64,
     );
-    gauge(
-        &mut out,
-        "cloud_sink_database_up",
-        "1 when the last database probe answered.",
-        u64::from(db_up),
-    );
-    counter(
-        &mut out,
-        "cloud_sink_write_errors_total",
-        "Batch write calls that returned an error.",
-        writer.write_errors.load(Ordering::Relaxed),
-    );
-    writer.batch_records.render(
-        &mut out,
-        "cloud_sink_batch_records",
-        "Records per written batch.",
-    );
-    writer.write_seconds.render(
-        &mut out,
-        "cloud_sink_batch_write_seconds",
-        "Time to write one batch, retries inside the writer included.",
-    );
+    render_writer(&mut out, writer, db_up);
 
     let series: [(&str, &str, &str); 4] = [
         (
@@ -319,6 +298,33 @@ pub fn render_kafka(k: &KafkaMetricsSnapshot, writer: &WriterStats, db_up: bool)
         }
     }
     out
+}
+
+/// The database side every writing mode shows: reachability, write errors, batch size and
+/// write latency histograms.
+fn render_writer(out: &mut String, writer: &WriterStats, db_up: bool) {
+    gauge(
+        out,
+        "cloud_sink_database_up",
+        "1 when the last database probe answered.",
+        u64::from(db_up),
+    );
+    counter(
+        out,
+        "cloud_sink_write_errors_total",
+        "Batch write calls that returned an error.",
+        writer.write_errors.load(Ordering::Relaxed),
+    );
+    writer.batch_records.render(
+        out,
+        "cloud_sink_batch_records",
+        "Records per written batch.",
+    );
+    writer.write_seconds.render(
+        out,
+        "cloud_sink_batch_write_seconds",
+        "Time to write one batch, retries inside the writer included.",
+    );
 }
 
 /// Everything `/metrics` shows for an MQTT-mode sink.
@@ -395,28 +401,7 @@ pub fn render_mqtt(
         "Messages received and not yet acknowledged.",
         m.in_flight,
     );
-    gauge(
-        &mut out,
-        "cloud_sink_database_up",
-        "1 when the last database probe answered.",
-        u64::from(db_up),
-    );
-    counter(
-        &mut out,
-        "cloud_sink_write_errors_total",
-        "Batch write calls that returned an error.",
-        writer.write_errors.load(Ordering::Relaxed),
-    );
-    writer.batch_records.render(
-        &mut out,
-        "cloud_sink_batch_records",
-        "Records per written batch.",
-    );
-    writer.write_seconds.render(
-        &mut out,
-        "cloud_sink_batch_write_seconds",
-        "Time to write one batch, retries inside the writer included.",
-    );
+    render_writer(&mut out, writer, db_up);
     out
 }
 

@@ -25,44 +25,62 @@ use health::Health;
 use http::{Response, Routes};
 use metrics::WriterStats;
 
-/// The endpoints of a Kafka-mode sink.
-pub struct KafkaEndpoints {
-    pub metrics: Arc<KafkaMetrics>,
-    pub writer: Arc<WriterStats>,
+/// What `/metrics` shows: rendered on each request from the mode's live counters.
+pub type Render = Box<dyn Fn() -> String + Send + Sync>;
+
+/// The endpoints of a running sink: `/metrics` from `render`, `/healthz` from the heartbeat,
+/// `/readyz` from the database probe too when the mode writes a database (the bridge does not:
+/// it is ready while it runs).
+pub struct Endpoints {
+    pub render: Render,
     pub health: Arc<Health>,
+    pub needs_database: bool,
 }
 
-impl Routes for KafkaEndpoints {
-    fn respond(&self, path: &str) -> Response {
-        let now = Instant::now();
-        let verdict = |v: health::Verdict| {
-            Response::text(if v.ok { 200 } else { 503 }, format!("{}\n", v.reason))
-        };
-        match path {
-            "/metrics" => Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: metrics::render_kafka(
-                    &self.metrics.snapshot(),
-                    &self.writer,
-                    self.health.db_up(),
-                ),
-            },
-            "/healthz" => verdict(self.health.live(now)),
-            "/readyz" => verdict(self.health.ready(now)),
-            _ => Response::text(404, "not found; try /metrics, /healthz, /readyz\n"),
+impl Endpoints {
+    /// A Kafka-mode sink's endpoints.
+    pub fn kafka(
+        metrics: Arc<KafkaMetrics>,
+        writer: Arc<WriterStats>,
+        health: Arc<Health>,
+    ) -> Endpoints {
+        let probe = health.clone();
+        Endpoints {
+            render: Box::new(move || {
+                metrics::render_kafka(&metrics.snapshot(), &writer, probe.db_up())
+            }),
+            health,
+            needs_database: true,
+        }
+    }
+
+    /// An MQTT-mode sink's endpoints.
+    pub fn mqtt(
+        metrics: Arc<crate::source::mqtt::MqttMetrics>,
+        writer: Arc<WriterStats>,
+        health: Arc<Health>,
+    ) -> Endpoints {
+        let probe = health.clone();
+        Endpoints {
+            render: Box::new(move || {
+                metrics::render_mqtt(&metrics.snapshot(), &writer, probe.db_up())
+            }),
+            health,
+            needs_database: true,
+        }
+    }
+
+    /// The bridge's endpoints.
+    pub fn bridge(metrics: Arc<crate::bridge::BridgeMetrics>, health: Arc<Health>) -> Endpoints {
+        Endpoints {
+            render: Box::new(move || metrics::render_bridge(&metrics.snapshot())),
+            health,
+            needs_database: false,
         }
     }
 }
 
-/// The endpoints of an MQTT-mode sink.
-pub struct MqttEndpoints {
-    pub metrics: Arc<crate::source::mqtt::MqttMetrics>,
-    pub writer: Arc<WriterStats>,
-    pub health: Arc<Health>,
-}
-
-impl Routes for MqttEndpoints {
+impl Routes for Endpoints {
     fn respond(&self, path: &str) -> Response {
         let now = Instant::now();
         let verdict = |v: health::Verdict| {
@@ -72,38 +90,11 @@ impl Routes for MqttEndpoints {
             "/metrics" => Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: metrics::render_mqtt(
-                    &self.metrics.snapshot(),
-                    &self.writer,
-                    self.health.db_up(),
-                ),
+                body: (self.render)(),
             },
             "/healthz" => verdict(self.health.live(now)),
-            "/readyz" => verdict(self.health.ready(now)),
-            _ => Response::text(404, "not found; try /metrics, /healthz, /readyz\n"),
-        }
-    }
-}
-
-/// The endpoints of the MQTT-to-Kafka bridge (no database: ready while it runs).
-pub struct BridgeEndpoints {
-    pub metrics: Arc<crate::bridge::BridgeMetrics>,
-    pub health: Arc<Health>,
-}
-
-impl Routes for BridgeEndpoints {
-    fn respond(&self, path: &str) -> Response {
-        let now = Instant::now();
-        let verdict = |v: health::Verdict| {
-            Response::text(if v.ok { 200 } else { 503 }, format!("{}\n", v.reason))
-        };
-        match path {
-            "/metrics" => Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: metrics::render_bridge(&self.metrics.snapshot()),
-            },
-            "/healthz" | "/readyz" => verdict(self.health.live(now)),
+            "/readyz" if self.needs_database => verdict(self.health.ready(now)),
+            "/readyz" => verdict(self.health.live(now)),
             _ => Response::text(404, "not found; try /metrics, /healthz, /readyz\n"),
         }
     }
