@@ -10,7 +10,8 @@ use clap::Parser;
 use cloud_sink::apply::{Db, DbError};
 use cloud_sink::bridge::{self, BridgeMetrics};
 use cloud_sink::config::{
-    BridgeArgs, Cli, Command, ConfigError, KafkaArgs, LogFormat, MigrateArgs, MqttArgs, OpsArgs,
+    BridgeArgs, Cli, Command, ConfigError, DbArgs, KafkaArgs, LogFormat, MigrateArgs, MqttArgs,
+    OpsArgs,
 };
 use cloud_sink::ops::health::{self, Health};
 use cloud_sink::ops::http::{self, BindError};
@@ -44,8 +45,6 @@ enum AppError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("the Kafka source task failed")]
-    SourceTask(#[source] tokio::task::JoinError),
     #[error("shutdown did not finish within {0:?}; exiting with offsets possibly uncommitted")]
     ShutdownOverrun(Duration),
     #[error("a second {0} during shutdown; exiting without waiting for the drain")]
@@ -122,27 +121,13 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
     let mut signals = Signals::install().map_err(AppError::Signals)?;
     let deadline = ops.shutdown_deadline()?;
     let config = args.source_config(deadline)?;
-    // Lazy: a database that is down at start-up is retried by the writes, not fatal.
-    let db = Db::connect_lazy(&args.db.database_url, args.db.options())?;
-    if args.migrate {
-        db.migrate().await?;
-        tracing::info!("migrations applied");
-    }
-    let pool = db.pool().clone();
-    let stats = Arc::new(WriterStats::default());
-    let writer = Arc::new(MeteredWriter::new(db, stats.clone()));
+    let (writer, stats) = open_writer(&args.db, args.migrate).await?;
     let metrics = Arc::new(KafkaMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(Endpoints::kafka(metrics.clone(), stats, health.clone()));
-    let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(serving);
-    health.set_running(true);
-    health.beat(Instant::now());
-    let watcher = tokio::spawn(health::watch(health.clone(), pool, PROBE_EVERY));
-
+    let endpoints = Endpoints::kafka(metrics.clone(), stats, health.clone());
+    let served = Served::start(ops, endpoints, health, Some(writer.inner().pool().clone())).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let mut source = tokio::spawn(kafka::run(config, writer.clone(), metrics, async move {
+    let source = tokio::spawn(kafka::run(config, writer.clone(), metrics, async move {
         let _ = stop_rx.await;
     }));
     tracing::info!(
@@ -151,46 +136,100 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
         group = %args.group,
         "consuming"
     );
-    let result = tokio::select! {
-        ended = &mut source => {
-            // Only a configuration the consumer cannot be built from ends the source early.
-            ended.map_err(AppError::SourceTask).and_then(|r| r.map_err(AppError::from))
-        }
-        signal = signals.next() => {
-            let started = Instant::now();
-            tracing::info!(%signal, deadline_secs = deadline.as_secs(), "shutting down: draining and committing");
-            let _ = stop_tx.send(());
-            let ended = tokio::select! {
-                ended = &mut source => ended
-                    .map_err(AppError::SourceTask)
-                    .and_then(|r| r.map_err(AppError::from)),
-                () = tokio::time::sleep(deadline) => Err(AppError::ShutdownOverrun(deadline)),
-                again = signals.next() => Err(AppError::Forced(again)),
-            };
-            if ended.is_ok() {
-                let left = deadline.saturating_sub(started.elapsed());
-                // The pool closes once its connections are returned; do not wait past the deadline.
-                let _ = tokio::time::timeout(left, writer.inner().close()).await;
-                tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shut down cleanly");
+    let result = until_stopped("Kafka source", source, stop_tx, &mut signals, deadline).await;
+    close_writer(&writer, deadline, &result).await;
+    served.stop();
+    result.map(|_| ())
+}
+
+/// The database writer every writing mode uses, metered for `/metrics`. Lazy: a database that
+/// is down at start-up is retried by the writes, not fatal (unless `migrate` needs it now).
+async fn open_writer(
+    db: &DbArgs,
+    migrate: bool,
+) -> Result<(Arc<MeteredWriter<Db>>, Arc<WriterStats>), AppError> {
+    let connected = Db::connect_lazy(&db.database_url, db.options())?;
+    if migrate {
+        connected.migrate().await?;
+        tracing::info!("migrations applied");
+    }
+    let stats = Arc::new(WriterStats::default());
+    Ok((
+        Arc::new(MeteredWriter::new(connected, stats.clone())),
+        stats,
+    ))
+}
+
+/// Closes the pool after a clean shutdown, within what is left of the deadline (connections
+/// are returned first; never waits past it).
+async fn close_writer(
+    writer: &MeteredWriter<Db>,
+    deadline: Duration,
+    result: &Result<Option<Instant>, AppError>,
+) {
+    if let Ok(Some(started)) = result {
+        let left = deadline.saturating_sub(started.elapsed());
+        let _ = tokio::time::timeout(left, writer.inner().close()).await;
+    }
+}
+
+/// The `/metrics`, `/healthz`, `/readyz` server and the task that keeps health current.
+struct Served {
+    server: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
+    health: Arc<Health>,
+}
+
+impl Served {
+    /// Serves `endpoints`; with a `pool`, readiness follows a database probe, else a heartbeat.
+    async fn start(
+        ops: &OpsArgs,
+        endpoints: Endpoints,
+        health: Arc<Health>,
+        pool: Option<sqlx::PgPool>,
+    ) -> Result<Served, AppError> {
+        let (addr, serving) = http::bind(ops.metrics_addr, Arc::new(endpoints)).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        let server = tokio::spawn(serving);
+        health.set_running(true);
+        health.beat(Instant::now());
+        let watcher = match pool {
+            Some(pool) => tokio::spawn(health::watch(health.clone(), pool, PROBE_EVERY)),
+            None => {
+                let beat = health.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(PROBE_EVERY);
+                    loop {
+                        every.tick().await;
+                        beat.beat(Instant::now());
+                    }
+                })
             }
-            ended
-        }
-    };
-    health.set_running(false);
-    watcher.abort();
-    server.abort();
-    result
+        };
+        Ok(Served {
+            server,
+            watcher,
+            health,
+        })
+    }
+
+    fn stop(self) {
+        self.health.set_running(false);
+        self.watcher.abort();
+        self.server.abort();
+    }
 }
 
 /// Waits for `task` to end by itself, or for a signal: then asks it to stop and waits for it
-/// within `deadline` (a second signal forces the exit).
+/// within `deadline` (a second signal forces the exit). `Some(when the shutdown started)` after
+/// a clean shutdown, `None` when the task ended by itself.
 async fn until_stopped<E>(
     what: &'static str,
     mut task: tokio::task::JoinHandle<Result<(), E>>,
     stop: oneshot::Sender<()>,
     signals: &mut Signals,
     deadline: Duration,
-) -> Result<(), AppError>
+) -> Result<Option<Instant>, AppError>
 where
     AppError: From<E>,
 {
@@ -200,7 +239,8 @@ where
             .and_then(|r| r.map_err(AppError::from))
     };
     tokio::select! {
-        ended = &mut task => finished(ended),
+        // Only a configuration the task cannot start from ends it early.
+        ended = &mut task => finished(ended).map(|()| None),
         signal = signals.next() => {
             let started = Instant::now();
             tracing::info!(%signal, deadline_secs = deadline.as_secs(), "shutting down: draining and acknowledging");
@@ -213,7 +253,7 @@ where
             if ended.is_ok() {
                 tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shut down cleanly");
             }
-            ended
+            ended.map(|()| Some(started))
         }
     }
 }
@@ -222,34 +262,20 @@ async fn run_mqtt(ops: &OpsArgs, args: MqttArgs) -> Result<(), AppError> {
     let mut signals = Signals::install().map_err(AppError::Signals)?;
     let deadline = ops.shutdown_deadline()?;
     let config = args.source_config(deadline);
-    let db = Db::connect_lazy(&args.db.database_url, args.db.options())?;
-    if args.migrate {
-        db.migrate().await?;
-        tracing::info!("migrations applied");
-    }
-    let pool = db.pool().clone();
-    let stats = Arc::new(WriterStats::default());
-    let writer = Arc::new(MeteredWriter::new(db, stats.clone()));
+    let (writer, stats) = open_writer(&args.db, args.migrate).await?;
     let metrics = Arc::new(MqttMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(Endpoints::mqtt(metrics.clone(), stats, health.clone()));
-    let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(serving);
-    health.set_running(true);
-    health.beat(Instant::now());
-    let watcher = tokio::spawn(health::watch(health.clone(), pool, PROBE_EVERY));
+    let endpoints = Endpoints::mqtt(metrics.clone(), stats, health.clone());
+    let served = Served::start(ops, endpoints, health, Some(writer.inner().pool().clone())).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tracing::info!(host = %args.broker.mqtt_host, port = args.broker.mqtt_port, lanes = args.lanes, "subscribing");
     let source = tokio::spawn(mqtt::run(config, writer.clone(), metrics, async move {
         let _ = stop_rx.await;
     }));
     let result = until_stopped("MQTT source", source, stop_tx, &mut signals, deadline).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer.inner().close()).await;
-    health.set_running(false);
-    watcher.abort();
-    server.abort();
-    result
+    close_writer(&writer, deadline, &result).await;
+    served.stop();
+    result.map(|_| ())
 }
 
 async fn run_bridge(ops: &OpsArgs, args: BridgeArgs) -> Result<(), AppError> {
@@ -258,27 +284,14 @@ async fn run_bridge(ops: &OpsArgs, args: BridgeArgs) -> Result<(), AppError> {
     let config = args.bridge_config(deadline);
     let metrics = Arc::new(BridgeMetrics::default());
     let health = Health::new();
-    let endpoints = Arc::new(Endpoints::bridge(metrics.clone(), health.clone()));
-    let (addr, serving) = http::bind(ops.metrics_addr, endpoints).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(serving);
-    health.set_running(true);
-    let beat = health.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut every = tokio::time::interval(PROBE_EVERY);
-        loop {
-            every.tick().await;
-            beat.beat(Instant::now());
-        }
-    });
+    let endpoints = Endpoints::bridge(metrics.clone(), health.clone());
+    let served = Served::start(ops, endpoints, health, None).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tracing::info!(kafka = %args.brokers, topic = %args.topic, "bridging MQTT to Kafka");
     let task = tokio::spawn(bridge::run(config, metrics, async move {
         let _ = stop_rx.await;
     }));
     let result = until_stopped("bridge", task, stop_tx, &mut signals, deadline).await;
-    health.set_running(false);
-    heartbeat.abort();
-    server.abort();
-    result
+    served.stop();
+    result.map(|_| ())
 }
