@@ -302,9 +302,15 @@ fn format_storage(java: &Path, lib: &Path, dir: &Path) -> Result<(), ServiceErro
     run_to_end(SERVICE, &mut command)
 }
 
-/// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
+/// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, never starting with
+/// `-` (the storage tool's argument parser would take it for an option: 1 start in 64 failed).
 fn cluster_id() -> String {
-    base64_url(uuid::Uuid::new_v4().as_bytes())
+    loop {
+        let id = base64_url(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -430,6 +436,7 @@ mod tests {
         assert_eq!(base64_url(b"\xfb\xff\xbf"), "-_-_");
         let id = cluster_id();
         assert_eq!(id.len(), 22);
+        assert!((0..2000).all(|_| !cluster_id().starts_with('-')));
         assert!(id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
