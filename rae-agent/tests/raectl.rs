@@ -112,8 +112,32 @@ impl Registry {
     }
 }
 
+/// `raectl`, through `$RAE_TEST_EXEC_WRAPPER` when set: `cross/test-qemu` sets it to its qemu
+/// command, because a test emulated for aarch64 cannot exec an aarch64 binary by itself.
+fn raectl_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_raectl");
+    let wrapper = std::env::var("RAE_TEST_EXEC_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(bin);
+            command
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// The same as a shell command prefix: the wrapper's words, then the quoted binary.
+fn raectl_shell() -> String {
+    let wrapper = std::env::var("RAE_TEST_EXEC_WRAPPER").unwrap_or_default();
+    format!("{wrapper} '{}'", env!("CARGO_BIN_EXE_raectl"))
+        .trim()
+        .to_owned()
+}
+
 fn raectl_at(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raectl"))
+    raectl_command()
         .arg("--db")
         .arg(db)
         .args(args)
@@ -390,7 +414,7 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<St
 #[test]
 fn events_follow_prints_rows_committed_after_it_started_and_stops_on_sigint() {
     let (mut registry, mut store) = Registry::build();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raectl"))
+    let mut child = raectl_command()
         .args(["events", "--follow", "--limit", "1", "--state-dir"])
         .arg(&registry.state_dir)
         .stdout(Stdio::piped())
@@ -444,7 +468,7 @@ fn events_follow_prints_rows_committed_after_it_started_and_stops_on_sigint() {
 #[test]
 fn a_closed_pipe_ends_raectl_quietly() {
     let registry = Registry::stopped();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raectl"))
+    let mut child = raectl_command()
         .args(["events", "--follow", "--db"])
         .arg(&registry.db)
         .stdout(Stdio::piped())
@@ -542,7 +566,7 @@ fn status_warns_when_the_daemon_stopped_writing_and_notes_when_it_never_did() {
 #[test]
 fn a_missing_database_says_where_it_looked_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_raectl"))
+    let output = raectl_command()
         .arg("devices")
         .arg("--state-dir")
         .arg(dir.path())
@@ -572,7 +596,7 @@ fn a_missing_database_says_where_it_looked_and_what_to_do() {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_raectl"))
+    let output = raectl_command()
         .args(["status", "-c"])
         .arg(&config)
         .output()
@@ -641,9 +665,9 @@ fn works_on_a_copy_on_a_read_only_mount() {
     // A private mount namespace, so the read-only bind mount is gone when the shell exits.
     let script = format!(
         "mount --bind -o ro '{dir}' '{dir}' && ! touch '{dir}/probe' 2>/dev/null && \
-         exec '{raectl}' --db '{db}' devices --all --json",
+         exec {raectl} --db '{db}' devices --all --json",
         dir = copy.path().display(),
-        raectl = env!("CARGO_BIN_EXE_raectl"),
+        raectl = raectl_shell(),
         db = db.display()
     );
     let output = Command::new("unshare")
