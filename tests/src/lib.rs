@@ -8,6 +8,9 @@
 //!   running real clients (udhcpc, dhclient, static IPv4, IPv6 SLAAC).
 //! - `services`: mosquitto, PostgreSQL (SERIALIZABLE by default) and Apache Kafka in KRaft
 //!   mode, each on free loopback ports with its own state directory.
+//! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab
+//!   processes; [`mqtt_watch`]: a subscriber standing in for the cloud.
+//! - [`procstat`]: CPU time and memory of a process from `/proc`, for the benchmarks.
 //!
 //! Everything is removed when its guard drops (on panic too), and `labdir::sweep_stale`
 //! removes what a crashed run left behind.
@@ -19,6 +22,7 @@ pub mod agent;
 pub mod labdir;
 pub mod mqtt_watch;
 pub mod netlab;
+pub mod procstat;
 pub mod services;
 pub mod sink;
 pub mod sweep;

@@ -18,7 +18,7 @@ use rae_proto::Mac;
 use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, LabConfig};
 
 use crate::bed::{Bed, Guarded};
-use crate::procstat::cpu_time;
+use rae_tests::procstat::cpu_time;
 
 const MAX_DUTS: usize = 40;
 /// How long the DUTs talk (one ping a second each to the bridge) after they joined.

@@ -22,7 +22,7 @@ use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, LabConfig};
 use serde_json::Value;
 
 use crate::bed::{status_counter, Bed, Guarded};
-use crate::procstat::cpu_time;
+use rae_tests::procstat::cpu_time;
 
 const PORT: u16 = 5201;
 

@@ -23,7 +23,6 @@ mod bed;
 mod cpu;
 mod inject;
 mod latency;
-mod procstat;
 mod rss;
 mod sniff;
 

@@ -17,7 +17,7 @@ use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig};
 
 use crate::bed::Bed;
 use crate::inject::{arp_announcement, neighbour_solicitation, Injector};
-use crate::procstat::{memory, Memory};
+use rae_tests::procstat::{memory, Memory};
 
 /// Addresses .12..=.249 of the /24 for injected devices; the DUT has .2.
 const V4_FIRST_HOST: usize = 12;

@@ -27,7 +27,6 @@ mod delay;
 mod events;
 mod kafkaio;
 mod lag;
-mod procstat;
 mod rss;
 mod throughput;
 

@@ -16,9 +16,9 @@ use cloud_sink::apply::{Db, DbOptions};
 use crate::delay::Delayed;
 use crate::events::Workload;
 use crate::kafkaio::{poll_until, produce, source_config, LagProbe, Running};
-use crate::procstat::{memory, mib};
 use crate::throughput::ms;
 use crate::Bench;
+use rae_tests::procstat::{memory, mib};
 
 pub struct Params {
     pub backlog: usize,

@@ -1,4 +1,5 @@
-//! What `/proc` says about a process: CPU time (`stat`) and memory (`status`).
+//! What `/proc` says about a process: CPU time (`stat`) and memory (`status`), for the
+//! benchmark programs.
 
 use std::time::Duration;
 
@@ -58,8 +59,13 @@ impl std::fmt::Display for Memory {
         write!(
             f,
             "VmRSS {:.2} MiB, VmHWM {:.2} MiB",
-            self.rss_kib as f64 / 1024.0,
-            self.hwm_kib as f64 / 1024.0
+            mib(self.rss_kib),
+            mib(self.hwm_kib)
         )
     }
+}
+
+/// KiB as MiB, for printing.
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
