@@ -18,6 +18,7 @@ use rae_agent::ctl::{
     devices_json, devices_table, event_json, event_line, locate, show_json, show_text, status_json,
     status_text, CtlError, DbChoice, DbLocation, DeviceDetail, SessionMacs, StatusReport,
 };
+use rae_agent::error_chain;
 use rae_agent::store::{DeviceQuery, HistoryRow, StoreReader};
 
 /// Inspects rae-agent's device registry on this RAE.
@@ -308,16 +309,4 @@ fn now_ms() -> i64 {
         .map_or(0, |since| {
             i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
         })
-}
-
-/// `error: cause: cause` on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

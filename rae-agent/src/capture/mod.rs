@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -153,12 +153,6 @@ fn with_tag(frame: &[u8], vlan: Option<(u16, u16)>) -> Vec<u8> {
         }
         _ => frame.to_vec(),
     }
-}
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A number in 0..1 for backoff jitter: std's per-instance random hash keys are enough
@@ -272,7 +266,7 @@ impl Capture {
             return true;
         }
         let frame = CapturedFrame {
-            at_ms: wall_clock_ms(),
+            at_ms: crate::wall_ms(),
             bytes: with_tag(data, received.vlan),
             csum_not_ready: received.status & libc::TP_STATUS_CSUMNOTREADY != 0,
             vlan: received.vlan.map(|(_, tci)| tci & 0x0fff),

@@ -21,7 +21,9 @@ pub mod notify;
 pub mod status;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::wall_ms;
 
 use rae_proto::{Mac, NameError, Serial, SessionSeq};
 use tokio::sync::{mpsc, watch};
@@ -439,11 +441,4 @@ fn local_macs() -> Vec<Mac> {
     macs.sort();
     macs.dedup();
     macs
-}
-
-/// Wall clock, unix ms.
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -1,6 +1,6 @@
 //! The publisher task: outbox drain, retained status, inventory, reconnects and shutdown.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rae_proto::{AgentState, Inventory, SessionSeq, Status, Topic};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, LastWill, Packet, PubAck, PubAckReason};
@@ -280,7 +280,7 @@ impl Publisher {
             since: Instant::now(),
         };
         self.status.connected = true;
-        self.status.since_ms = Some(now_ms());
+        self.status.since_ms = Some(crate::wall_ms());
         let broker_max = ack
             .properties
             .as_ref()
@@ -365,7 +365,7 @@ impl Publisher {
     }
 
     fn lost(&mut self, error: &ConnectionError, resume: oneshot::Sender<Duration>) {
-        let cause = error_chain(error);
+        let cause = crate::error_chain(error);
         match self.link {
             Link::Up { since } => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");
@@ -380,7 +380,7 @@ impl Publisher {
             Link::Down => tracing::debug!(cause = %cause, "reconnect failed"),
         }
         if self.link != Link::Down {
-            self.status.since_ms = Some(now_ms());
+            self.status.since_ms = Some(crate::wall_ms());
         }
         self.link = Link::Down;
         self.status.connected = false;
@@ -453,7 +453,7 @@ impl Publisher {
         }
         let inventory = Inventory {
             serial: self.settings.serial.clone(),
-            at_ms: now_ms(),
+            at_ms: crate::wall_ms(),
             sessions: self.inventory.borrow().clone(),
         };
         let payload = match inventory.encode() {
@@ -529,7 +529,7 @@ impl Publisher {
         self.flush_acks().await?;
         if self.status.connected {
             self.status.connected = false;
-            self.status.since_ms = Some(now_ms());
+            self.status.since_ms = Some(crate::wall_ms());
         }
         self.publish_status();
         tracing::info!(
@@ -568,7 +568,7 @@ fn status_payload(
         serial: settings.serial.clone(),
         state,
         agent_version: settings.agent_version.clone(),
-        at_ms: now_ms(),
+        at_ms: crate::wall_ms(),
     }
     .encode()
     .map_err(|source| PublishError::Encode {
@@ -590,23 +590,4 @@ fn reason_code(reason: PubAckReason) -> u8 {
         PubAckReason::QuotaExceeded => 0x97,
         PubAckReason::PayloadFormatInvalid => 0x99,
     }
-}
-
-/// The RAE wall clock, unix ms (0 if the clock is before 1970).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

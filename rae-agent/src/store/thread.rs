@@ -7,7 +7,7 @@
 //! committed. Its error comes out of [`StoreThread::finished`]; requests after it get
 //! [`StoreError::ThreadStopped`].
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rae_proto::Serial;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -132,7 +132,7 @@ impl StoreHandle {
             .spawn(move || {
                 let result = runtime.block_on(worker.run(receiver));
                 if let Err(err) = &result {
-                    tracing::error!(cause = %error_chain(err), "store thread stopped");
+                    tracing::error!(cause = %crate::error_chain(err), "store thread stopped");
                 }
                 // The receiver may be gone when nobody waits for the outcome.
                 let _ = done_tx.send(result);
@@ -267,7 +267,7 @@ impl<S: RegistryStore> Worker<S> {
                     let _ = reply.send(self.store.outbox_stats());
                 }
                 Request::WriteStatus { entries, reply } => {
-                    let _ = reply.send(self.store.write_status(&entries, now_ms()));
+                    let _ = reply.send(self.store.write_status(&entries, crate::wall_ms()));
                 }
                 Request::Shutdown(reply) => {
                     self.flush()?;
@@ -284,7 +284,9 @@ impl<S: RegistryStore> Worker<S> {
             return Ok(None);
         }
         let changes = self.batcher.take();
-        let report = self.store.commit(&changes, &self.serial, now_ms())?;
+        let report = self
+            .store
+            .commit(&changes, &self.serial, crate::wall_ms())?;
         if !report.coalesced.is_empty() {
             // One line per commit; the history keeps each session's details.
             tracing::warn!(
@@ -316,23 +318,4 @@ impl<S: RegistryStore> Worker<S> {
         self.stats.send_replace(self.store.outbox_stats()?);
         Ok(())
     }
-}
-
-/// The RAE wall clock, unix ms (0 if the clock is before 1970).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
