@@ -5,7 +5,8 @@
 //!   (ARP, DHCPv4, ICMPv6 ND, mDNS, SSDP), kernel drop counts, link loss handled with backoff.
 //! - [`wire`]: pure parsers and emitters for the frames the agent sniffs and sends
 //!   (Ethernet with 802.1Q, ARP, DHCPv4, ICMPv6 neighbour discovery, mDNS); drops counted by
-//!   reason.
+//!   reason. It is the crate rae-wire, re-exported: the parsers build (and are fuzzed) without
+//!   this crate's dependencies; everything here that touches a socket, file or clock stays here.
 //! - [`registry`]: the sans-IO registry core: Observations in, Changes out (sessions, seq,
 //!   reachability with hysteresis, conflicts, OUI vendor); time and session ids are arguments.
 //! - [`store`]: the only owner of the SQLite connection: registry rows, bounded history, the
@@ -35,7 +36,8 @@ pub mod publish;
 pub mod registry;
 pub mod replay;
 pub mod store;
-pub mod wire;
+/// The frame parsers (crate rae-wire), under the path the daemon has always used for them.
+pub use rae_wire as wire;
 
 /// `error: cause: cause` on one line, as an operator reads it in the journal.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -1,13 +1,14 @@
 //! `rae-agent --pcap`: the replay of capture files through the parsers and the registry core.
 //!
-//! The real lab capture (`fixtures/lab.pcap`) gives the devices a user knows are in it; a
-//! synthetic LAN shows offline and gone transitions in capture time; 100,000 random and
-//! mutated frames and a capture cut at every length show nothing panics and every frame is
-//! counted once; every file variant gives the same result; the same file gives the same output.
+//! The real lab capture (`rae-wire/tests/fixtures/lab.pcap`, the parsers' fixture) gives the
+//! devices a user knows are in it; a synthetic LAN shows offline and gone transitions in
+//! capture time; 100,000 random and mutated frames and a capture cut at every length show
+//! nothing panics and every frame is counted once; every file variant gives the same result;
+//! the same file gives the same output.
 
 #[path = "replay_support/lan.rs"]
 mod lan;
-#[path = "fixtures/pcap.rs"]
+#[path = "../../rae-wire/tests/fixtures/pcap.rs"]
 mod pcap_fixture;
 
 use std::io::Cursor;
@@ -29,7 +30,7 @@ const DHCLIENT: Mac = Mac([0x02, 0x00, 0x5e, 0x10, 0x00, 0x02]);
 const STATIC: Mac = Mac([0x02, 0x00, 0x5e, 0x10, 0x00, 0x03]);
 
 fn lab_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab.pcap")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../rae-wire/tests/fixtures/lab.pcap")
 }
 
 fn run(bytes: &[u8], options: &ReplayOptions) -> Result<(ReplayReport, String), ReplayError> {

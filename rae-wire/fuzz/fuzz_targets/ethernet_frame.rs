@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rae_agent::wire::{parse_frame, parse_frame_with, DropCounters, Message, UdpChecksum};
+use rae_wire::{parse_frame, parse_frame_with, DropCounters, Message, UdpChecksum};
 
 fuzz_target!(|data: &[u8]| {
     let mut counters = DropCounters::new();

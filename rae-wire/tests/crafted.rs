@@ -10,8 +10,8 @@ use std::net::Ipv6Addr;
 use craft::{
     ethernet, icmpv6_frame, ipv4, ipv6, lladdr, nd, ns, udp4, udp4_frame, v4, v6, DUT_MAC, RAE_MAC,
 };
-use rae_agent::wire::icmpv6::{self, NeighborFlags};
-use rae_agent::wire::{
+use rae_wire::icmpv6::{self, NeighborFlags};
+use rae_wire::{
     arp, ipv6 as wire_ipv6, parse_frame, ArpRepr, Detail, DropCounters, DropKind, DropReason,
     Frame, Layer, MacAddr, Message, NdpRepr, VlanTag,
 };

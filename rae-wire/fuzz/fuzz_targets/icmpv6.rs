@@ -7,8 +7,8 @@
 use std::net::Ipv6Addr;
 
 use libfuzzer_sys::fuzz_target;
-use rae_agent::wire::checksum::Checksum;
-use rae_agent::wire::{icmpv6, Ipv6Repr, NdpRepr};
+use rae_wire::checksum::Checksum;
+use rae_wire::{icmpv6, Ipv6Repr, NdpRepr};
 
 fn parse(ip: &Ipv6Repr, message: &[u8]) -> Option<NdpRepr> {
     let packet = icmpv6::Packet::new_checked(message).ok()?;

@@ -7,8 +7,8 @@ mod craft;
 use std::net::Ipv4Addr;
 
 use craft::{dhcp, dhcp_with_fields, udp4_frame, v4, DUT_MAC};
-use rae_agent::wire::dhcp::{self as wire_dhcp, BootOp, MessageType, Text};
-use rae_agent::wire::{parse_frame, Detail, DhcpRepr, DropReason, Layer, Message};
+use rae_wire::dhcp::{self as wire_dhcp, BootOp, MessageType, Text};
+use rae_wire::{parse_frame, Detail, DhcpRepr, DropReason, Layer, Message};
 
 fn parse(bytes: &[u8]) -> Result<DhcpRepr<'_>, DropReason> {
     DhcpRepr::parse(&wire_dhcp::Packet::new_checked(bytes)?)

@@ -7,9 +7,9 @@ mod pcap;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rae_agent::wire::arp::Operation;
-use rae_agent::wire::dhcp::{BootOp, ClientFqdn, MessageType};
-use rae_agent::wire::{
+use rae_wire::arp::Operation;
+use rae_wire::dhcp::{BootOp, ClientFqdn, MessageType};
+use rae_wire::{
     parse_frame, parse_frame_with, Detail, DhcpRepr, DropCounters, DropKind, DropReason, Frame,
     IpRepr, Layer, MacAddr, Message, NdpRepr, UdpChecksum,
 };
@@ -299,8 +299,8 @@ fn neighbour_discovery_from_the_linux_stack_and_dnsmasq() {
             panic!("DAD message is not a solicitation: {ndp:?}");
         };
         assert_eq!(*source_mac, None);
-        assert_eq!(ip.dst, rae_agent::wire::ipv6::solicited_node(*target));
-        assert_eq!(eth.dst, rae_agent::wire::ipv6::multicast_mac(ip.dst));
+        assert_eq!(ip.dst, rae_wire::ipv6::solicited_node(*target));
+        assert_eq!(eth.dst, rae_wire::ipv6::multicast_mac(ip.dst));
     }
 
     // udhcpc's host answers the bridge's solicitation for its SLAAC address.

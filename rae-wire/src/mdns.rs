@@ -46,7 +46,7 @@ pub const CLASS_IN: u16 = 1;
 const CLASS_TOP_BIT: u16 = 0x8000;
 
 mod field {
-    use crate::wire::bytes::Field;
+    use crate::bytes::Field;
 
     pub const ID: Field = 0..2;
     pub const FLAGS: Field = 2..4;

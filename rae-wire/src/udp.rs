@@ -148,7 +148,7 @@ impl UdpRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Ipv4Repr, Ipv6Repr};
+    use crate::{Ipv4Repr, Ipv6Repr};
     use std::net::Ipv4Addr;
 
     fn v4() -> IpRepr {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rae_agent::wire::{dhcp, DhcpRepr};
+use rae_wire::{dhcp, DhcpRepr};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packet) = dhcp::Packet::new_checked(data) else {

@@ -1,4 +1,10 @@
-//! Pure parsers and emitters for the frames the agent sniffs and sends.
+//! rae-wire: pure parsers and emitters for the frames rae-agent sniffs and sends.
+//!
+//! The pure half of the agent's frame handling, in its own crate so that what parses untrusted
+//! bytes is built and fuzzed (`fuzz/`) without the daemon's runtime, database and socket crates:
+//! it depends on rae-proto (for [`MacAddr`]) and thiserror only. The I/O half (the AF_PACKET
+//! socket, its BPF filter, the raw sends) is rae-agent's `capture` and `probe`; rae-agent
+//! re-exports this crate as `rae_agent::wire`.
 //!
 //! Each protocol module follows smoltcp's `wire` shape: a checked view `Packet<T: AsRef<[u8]>>`
 //! (`new_checked` verifies every length the accessors rely on, after which no accessor

@@ -11,10 +11,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
-use rae_agent::wire::arp::{self, Operation};
-use rae_agent::wire::dhcp::{self, BootOp, ClientFqdn, ClientId, MessageType, Text};
-use rae_agent::wire::icmpv6::{self, NeighborFlags, PrefixInfo};
-use rae_agent::wire::{
+use rae_wire::arp::{self, Operation};
+use rae_wire::dhcp::{self, BootOp, ClientFqdn, ClientId, MessageType, Text};
+use rae_wire::icmpv6::{self, NeighborFlags, PrefixInfo};
+use rae_wire::{
     ethernet, ipv4, ipv6, parse_frame, parse_frame_with, udp, ArpRepr, DhcpRepr, EthernetRepr,
     IpRepr, Ipv4Repr, Ipv6Repr, MacAddr, Message, NdpRepr, UdpChecksum, UdpRepr, VlanTag,
 };

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rae_agent::wire::{arp, ArpRepr};
+use rae_wire::{arp, ArpRepr};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packet) = arp::Packet::new_checked(data) else {
