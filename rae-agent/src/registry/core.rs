@@ -32,7 +32,7 @@
 //! NTP sync on a device without an RTC) closes every session; the daemon should start the
 //! core once the clock is synchronised.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rae_proto::{
@@ -43,6 +43,7 @@ use rae_proto::{
 use super::change::{Cause, Change};
 use super::conflict::Contest;
 use super::ids::{RandomSessionIds, SessionIds};
+use super::index::{Addresses, Deadlines};
 use super::observation::Observation;
 use super::oui;
 use super::schedule::{CoreConfig, CoreConfigError, Timers};
@@ -58,7 +59,11 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     pub(super) timers: Timers,
     own_macs: BTreeSet<Mac>,
     pub(super) sessions: BTreeMap<Mac, Session>,
-    pub(super) contests: BTreeMap<Ipv4Addr, Contest>,
+    /// Session id -> MAC, for actions and lookups by session.
+    by_id: HashMap<SessionId, Mac>,
+    /// Who holds each address, and the contests (`conflict`).
+    pub(super) addresses: Addresses,
+    pub(super) deadlines: Deadlines,
     tick_cursor: Option<i64>,
     probe_cursor: Option<i64>,
     /// Restored sessions that duplicated another one's MAC: closed at the first tick.
@@ -71,7 +76,7 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreState {
     sessions: Vec<Session>,
-    contests: BTreeMap<Ipv4Addr, Contest>,
+    contests: BTreeMap<IpAddr, Contest>,
     tick_cursor: Option<i64>,
     probe_cursor: Option<i64>,
     duplicates: Vec<RestoredSession>,
@@ -183,26 +188,30 @@ impl<I: SessionIds> Core<I> {
     /// A core that carries on exactly where the one that [`export`](Core::export)ed `state`
     /// stopped.
     pub fn resume(config: &CoreConfig, state: CoreState, ids: I) -> Result<Self, CoreConfigError> {
-        Ok(Core {
+        let mut core = Core {
             timers: Timers::new(config)?,
             own_macs: config.own_macs.iter().copied().collect(),
-            sessions: state
-                .sessions
-                .into_iter()
-                .map(|s| (s.record.mac, s))
-                .collect(),
-            contests: state.contests,
+            sessions: BTreeMap::new(),
+            by_id: HashMap::new(),
+            addresses: Addresses::default(),
+            deadlines: Deadlines::default(),
             tick_cursor: state.tick_cursor,
             probe_cursor: state.probe_cursor,
             duplicates: state.duplicates,
             ids,
-        })
+        };
+        for session in state.sessions {
+            core.insert_session(session);
+        }
+        // As exported: the exporting core kept only contests over addresses two hold.
+        core.addresses.contests = state.contests;
+        Ok(core)
     }
 
     pub fn export(&self) -> CoreState {
         CoreState {
             sessions: self.sessions.values().cloned().collect(),
-            contests: self.contests.clone(),
+            contests: self.addresses.contests.clone(),
             tick_cursor: self.tick_cursor,
             probe_cursor: self.probe_cursor,
             duplicates: self.duplicates.clone(),
@@ -215,9 +224,9 @@ impl<I: SessionIds> Core<I> {
     pub fn set_own_macs(&mut self, macs: &[Mac], now_ms: i64) -> Vec<Change> {
         self.own_macs = macs.iter().copied().collect();
         let own: Vec<Mac> = self
-            .sessions
-            .keys()
-            .filter(|mac| self.own_macs.contains(mac))
+            .own_macs
+            .iter()
+            .filter(|mac| self.sessions.contains_key(mac))
             .copied()
             .collect();
         let mut out = Vec::new();
@@ -258,8 +267,7 @@ impl<I: SessionIds> Core<I> {
                 };
                 let mut record = DeviceRecord::new(mac, evidence, at);
                 record.vendor = oui::vendor(mac).map(str::to_owned);
-                self.sessions
-                    .insert(mac, Session::opened(id, record, now_ms));
+                self.insert_session(Session::opened(id, record, now_ms));
                 None
             }
         };
@@ -276,10 +284,14 @@ impl<I: SessionIds> Core<I> {
                 reachability.evidence = evidence;
             }
         }
+        let old_ipv6 = before.as_ref().map_or(&[][..], |b| b.ipv6.as_slice());
+        self.addresses.sync_v6(mac, old_ipv6, &session.record.ipv6);
         let follow_ups = self.settle_claim(mac, claim, now_ms, &cause);
         let Some(session) = self.sessions.get_mut(&mac) else {
             return out;
         };
+        self.deadlines
+            .set_expiry(mac, session.expiry_at(&self.timers));
         match before {
             Some(before) => publish_update(session, &before, cause, &mut out),
             None => out.push(Change::Opened {
@@ -290,7 +302,6 @@ impl<I: SessionIds> Core<I> {
             }),
         }
         out.extend(follow_ups);
-        self.prune_contests();
         out
     }
 
@@ -343,7 +354,7 @@ impl<I: SessionIds> Core<I> {
             }
             Action::Forget { device } => {
                 let mac = self.resolve(device)?.record.mac;
-                if let Some(mut session) = self.sessions.remove(&mac) {
+                if let Some(mut session) = self.remove_session(mac) {
                     out.push(Change::Closed {
                         session: session.id,
                         seq: session.bump(),
@@ -354,48 +365,28 @@ impl<I: SessionIds> Core<I> {
                 }
             }
         }
-        self.prune_contests();
         Ok(out)
     }
 
-    /// Moves time on to `now_ms`: offline transitions, Closed sessions and periodic
-    /// Snapshots that are due.
+    /// Moves time on to `now_ms`: offline transitions, Closed sessions, IPv6 addresses that
+    /// aged out and periodic Snapshots that are due. Only the sessions with something due
+    /// are visited (`index`).
     pub fn tick(&mut self, now_ms: i64) -> Vec<Change> {
-        let mut out = Vec::new();
-        for duplicate in std::mem::take(&mut self.duplicates) {
-            out.push(Change::Closed {
-                session: duplicate.session,
-                seq: duplicate.seq.saturating_add(1),
-                mac: duplicate.record.mac,
-                reason: CloseReason::Gone,
-                cause: Cause {
-                    at_ms: now_ms,
-                    summary: "restored beside a more recent session of the same MAC".to_owned(),
-                },
-            });
-        }
-        let macs: Vec<Mac> = self.sessions.keys().copied().collect();
-        for mac in macs {
+        let mut out = self.close_duplicates(now_ms);
+        for mac in self.deadlines.expired(now_ms) {
             self.expire(mac, now_ms, &mut out);
         }
         if let Some(cursor) = self.tick_cursor.filter(|cursor| *cursor < now_ms) {
-            let half = self.timers.snapshot_ms / 2;
-            for session in self.sessions.values_mut() {
-                let slot = self.timers.snapshot_slot(session.id, now_ms);
-                let recent = session
-                    .last_full_ms
-                    .is_some_and(|full| slot.saturating_sub(full) < half);
-                if slot > cursor && !recent {
-                    let cause = Cause {
-                        at_ms: now_ms,
-                        summary: "periodic snapshot".to_owned(),
-                    };
-                    push_snapshot(session, now_ms, cause, &mut out);
+            let candidates =
+                self.deadlines
+                    .snapshot_candidates(cursor, now_ms, self.timers.snapshot_ms);
+            for mac in candidates {
+                if let Some(session) = self.sessions.get_mut(&mac) {
+                    periodic_snapshot(&self.timers, session, cursor, now_ms, &mut out);
                 }
             }
         }
         self.tick_cursor = Some(self.tick_cursor.map_or(now_ms, |c| c.max(now_ms)));
-        self.prune_contests();
         out
     }
 
@@ -404,48 +395,37 @@ impl<I: SessionIds> Core<I> {
     /// Rounds sit on each session's own phase (see `schedule`), so calls spread over the
     /// interval each return a share of the devices.
     pub fn due_probes(&mut self, now_ms: i64) -> Vec<ProbeRequest> {
-        let from = self
-            .probe_cursor
-            .unwrap_or_else(|| now_ms.saturating_sub(self.timers.timeout_ms));
-        let mut probes = Vec::new();
-        for session in self.sessions.values() {
-            let record = &session.record;
-            let round = self.timers.round_at_or_before(session.id, now_ms);
-            if round > from && (record.ipv4.is_some() || !record.ipv6.is_empty()) {
-                probes.push(ProbeRequest {
-                    session: session.id,
-                    mac: record.mac,
-                    ipv4: record.ipv4,
-                    ipv6: record.ipv6.clone(),
-                });
-            }
-        }
+        let from = self.probe_from(now_ms);
+        let candidates = self
+            .deadlines
+            .probe_candidates(from, now_ms, self.timers.probe_ms);
+        let probes = candidates
+            .into_iter()
+            .filter_map(|mac| self.sessions.get(&mac))
+            .filter_map(|session| self.probe(session, from, now_ms))
+            .collect();
         self.probe_cursor = Some(from.max(now_ms));
         probes
     }
 
     /// The earliest time after `now_ms` at which `tick` or `due_probes` has work; `now_ms`
-    /// itself when something is overdue, `None` when there is no session.
+    /// itself when something is overdue, `None` when there is no session. Probe rounds and
+    /// Snapshot slots count whether or not they were handled already: the next one after
+    /// `now_ms` of any session.
     pub fn next_deadline(&self, now_ms: i64) -> Option<i64> {
         if !self.duplicates.is_empty() {
             return Some(now_ms);
         }
-        self.sessions
-            .values()
-            .flat_map(|session| {
-                let heard = session.record.last_seen_ms;
-                let offline = (session.record.reachability.state == Liveness::Online)
-                    .then(|| self.timers.offline_at(session.id, heard));
-                [
-                    Some(self.timers.gone_at(heard)),
-                    offline,
-                    Some(self.timers.next_round(session.id, now_ms)),
-                    Some(self.timers.next_snapshot_slot(session.id, now_ms)),
-                ]
-            })
-            .flatten()
-            .min()
-            .map(|deadline| deadline.max(now_ms))
+        let d = &self.deadlines;
+        [
+            d.first_expiry(),
+            d.next_probe_round(now_ms, self.timers.probe_ms),
+            d.next_snapshot_slot(now_ms, self.timers.snapshot_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|deadline| deadline.max(now_ms))
     }
 
     /// Every open session, by MAC.
@@ -455,11 +435,11 @@ impl<I: SessionIds> Core<I> {
 
     /// The open session a reference names.
     pub fn session(&self, device: &DeviceRef) -> Option<SessionView<'_>> {
-        match device {
-            DeviceRef::Mac(mac) => self.sessions.get(mac),
-            DeviceRef::Session(id) => self.sessions.values().find(|s| s.id == *id),
-        }
-        .map(view)
+        let mac = match device {
+            DeviceRef::Mac(mac) => *mac,
+            DeviceRef::Session(id) => *self.by_id.get(id)?,
+        };
+        self.sessions.get(&mac).map(view)
     }
 
     /// Every open session with its latest seq: the inventory.
@@ -477,15 +457,12 @@ impl<I: SessionIds> Core<I> {
     }
 
     /// The device using `ip`, for observations that arrive by address (mDNS, UPnP). When
-    /// several claim an IPv4 address, the most recently heard online one.
+    /// several claim the address, the most recently heard online one.
     pub fn mac_for_ip(&self, ip: IpAddr) -> Option<Mac> {
-        let holds = |record: &DeviceRecord| match ip {
-            IpAddr::V4(v4) => record.ipv4 == Some(v4),
-            IpAddr::V6(v6) => record.ipv6.binary_search(&v6).is_ok(),
-        };
-        self.sessions
-            .values()
-            .filter(|s| holds(&s.record))
+        self.addresses
+            .holders(ip)
+            .iter()
+            .filter_map(|mac| self.sessions.get(mac))
             .max_by_key(|s| {
                 let r = &s.record;
                 (
@@ -500,21 +477,85 @@ impl<I: SessionIds> Core<I> {
     fn fresh_id(&mut self) -> Option<SessionId> {
         (0..ID_ATTEMPTS)
             .map(|_| self.ids.next_id())
-            .find(|id| self.sessions.values().all(|s| s.id != *id))
+            .find(|id| !self.by_id.contains_key(id))
     }
 
     /// The open session `device` names. Actions take the sessions as they are: deadlines
     /// move only in `tick` (and in `apply`, for the device observed).
     fn resolve(&mut self, device: &DeviceRef) -> Result<&mut Session, ActionError> {
-        match device {
-            DeviceRef::Mac(mac) => self.sessions.get_mut(mac),
-            DeviceRef::Session(id) => self.sessions.values_mut().find(|s| s.id == *id),
-        }
-        .ok_or(ActionError::UnknownDevice(*device))
+        let mac = match device {
+            DeviceRef::Mac(mac) => Some(*mac),
+            DeviceRef::Session(id) => self.by_id.get(id).copied(),
+        };
+        mac.and_then(|mac| self.sessions.get_mut(&mac))
+            .ok_or(ActionError::UnknownDevice(*device))
+    }
+
+    /// Adds an open session and its index entries.
+    fn insert_session(&mut self, session: Session) {
+        let mac = session.record.mac;
+        self.by_id.insert(session.id, mac);
+        self.deadlines.insert(
+            mac,
+            self.timers.probe_phase(session.id),
+            self.timers.snapshot_phase(session.id),
+            session.expiry_at(&self.timers),
+        );
+        self.addresses.move_v4(mac, None, session.record.ipv4);
+        self.addresses.sync_v6(mac, &[], &session.record.ipv6);
+        self.sessions.insert(mac, session);
+    }
+
+    /// Takes an open session out, with its index entries.
+    fn remove_session(&mut self, mac: Mac) -> Option<Session> {
+        let session = self.sessions.remove(&mac)?;
+        self.by_id.remove(&session.id);
+        self.deadlines.remove(
+            mac,
+            self.timers.probe_phase(session.id),
+            self.timers.snapshot_phase(session.id),
+        );
+        self.addresses.move_v4(mac, session.record.ipv4, None);
+        self.addresses.sync_v6(mac, &session.record.ipv6, &[]);
+        Some(session)
+    }
+
+    fn close_duplicates(&mut self, now_ms: i64) -> Vec<Change> {
+        std::mem::take(&mut self.duplicates)
+            .into_iter()
+            .map(|duplicate| Change::Closed {
+                session: duplicate.session,
+                seq: duplicate.seq.saturating_add(1),
+                mac: duplicate.record.mac,
+                reason: CloseReason::Gone,
+                cause: Cause {
+                    at_ms: now_ms,
+                    summary: "restored beside a more recent session of the same MAC".to_owned(),
+                },
+            })
+            .collect()
+    }
+
+    fn probe_from(&self, now_ms: i64) -> i64 {
+        self.probe_cursor
+            .unwrap_or_else(|| now_ms.saturating_sub(self.timers.timeout_ms))
+    }
+
+    /// The probe for `session` when a round of it started in `(from, now]` and it has an
+    /// address to probe.
+    fn probe(&self, session: &Session, from: i64, now: i64) -> Option<ProbeRequest> {
+        let record = &session.record;
+        let round = self.timers.round_at_or_before(session.id, now);
+        (round > from && (record.ipv4.is_some() || !record.ipv6.is_empty())).then(|| ProbeRequest {
+            session: session.id,
+            mac: record.mac,
+            ipv4: record.ipv4,
+            ipv6: record.ipv6.clone(),
+        })
     }
 
     /// Applies the session's deadlines that `now` has reached: Closed when gone, else the
-    /// offline transition.
+    /// offline transition and the IPv6 addresses that aged out.
     fn expire(&mut self, mac: Mac, now: i64, out: &mut Vec<Change>) {
         let Some(session) = self.sessions.get_mut(&mac) else {
             return;
@@ -522,7 +563,7 @@ impl<I: SessionIds> Core<I> {
         let heard = session.record.last_seen_ms;
         let gone_at = self.timers.gone_at(heard);
         if now >= gone_at {
-            if let Some(mut session) = self.sessions.remove(&mac) {
+            if let Some(mut session) = self.remove_session(mac) {
                 out.push(Change::Closed {
                     session: session.id,
                     seq: session.bump(),
@@ -539,6 +580,7 @@ impl<I: SessionIds> Core<I> {
             }
             return;
         }
+        let mut moved = false;
         let offline_at = self.timers.offline_at(session.id, heard);
         if session.record.reachability.state == Liveness::Online && now >= offline_at {
             let count = self.timers.misses_at(session.id, heard, now);
@@ -550,7 +592,51 @@ impl<I: SessionIds> Core<I> {
                 summary: format!("{count} probe rounds in a row passed without a frame"),
             };
             publish_update(session, &before, cause, out);
+            moved = true;
         }
+        if let Some(aged_at) = session.ipv6_age_at(&self.timers).filter(|at| now >= *at) {
+            let before = session.record.clone();
+            let aged = session.age_ipv6(now, &self.timers);
+            self.addresses
+                .sync_v6(mac, &before.ipv6, &session.record.ipv6);
+            let aged: Vec<String> = aged.iter().map(ToString::to_string).collect();
+            let cause = Cause {
+                at_ms: aged_at,
+                summary: format!(
+                    "{} not vouched for in {} s while the device was heard (ipv6_expire_after)",
+                    aged.join(", "),
+                    self.timers.ipv6_expire_ms / 1000
+                ),
+            };
+            publish_update(session, &before, cause, out);
+            moved = true;
+        }
+        if moved {
+            self.deadlines
+                .set_expiry(mac, session.expiry_at(&self.timers));
+        }
+    }
+}
+
+/// The periodic Snapshot of `session`, when one of its slots passed in `(cursor, now]` and
+/// the whole record did not go out less than half an interval before that slot.
+fn periodic_snapshot(
+    timers: &Timers,
+    session: &mut Session,
+    cursor: i64,
+    now: i64,
+    out: &mut Vec<Change>,
+) {
+    let slot = timers.snapshot_slot(session.id, now);
+    let recent = session
+        .last_full_ms
+        .is_some_and(|full| slot.saturating_sub(full) < timers.snapshot_ms / 2);
+    if slot > cursor && !recent {
+        let cause = Cause {
+            at_ms: now,
+            summary: "periodic snapshot".to_owned(),
+        };
+        push_snapshot(session, now, cause, out);
     }
 }
 
@@ -672,3 +758,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod queue_tests;

@@ -19,6 +19,7 @@ pub mod change;
 mod conflict;
 pub mod core;
 pub mod ids;
+mod index;
 pub mod mdns;
 pub mod observation;
 pub mod oui;
