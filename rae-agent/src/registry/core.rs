@@ -69,6 +69,9 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     /// Restored sessions that duplicated another one's MAC: closed at the first tick.
     duplicates: Vec<RestoredSession>,
     ids: I,
+    /// Tests compare the fast path of `apply` with the full one.
+    #[cfg(test)]
+    full_path_only: bool,
 }
 
 /// Everything a core holds, from [`Core::export`]; [`Core::resume`] carries on from it
@@ -199,6 +202,8 @@ impl<I: SessionIds> Core<I> {
             probe_cursor: state.probe_cursor,
             duplicates: state.duplicates,
             ids,
+            #[cfg(test)]
+            full_path_only: false,
         };
         for session in state.sessions {
             core.insert_session(session);
@@ -251,6 +256,9 @@ impl<I: SessionIds> Core<I> {
         }
         let at = obs.at_ms.min(now_ms);
         self.expire(mac, now_ms, &mut out);
+        if self.refresh(mac, &obs, at, &mut out) {
+            return out;
+        }
         let cause = Cause {
             at_ms: at,
             summary: format!("{mac}: {}", obs.kind.describe()),
@@ -303,6 +311,32 @@ impl<I: SessionIds> Core<I> {
         }
         out.extend(follow_ups);
         out
+    }
+
+    /// The fast path of `apply` (see [`Session::refresh`]); false when the observation needs
+    /// the full one.
+    fn refresh(&mut self, mac: Mac, obs: &Observation, at: i64, out: &mut Vec<Change>) -> bool {
+        #[cfg(test)]
+        if self.full_path_only {
+            return false;
+        }
+        let Some(session) = self.sessions.get_mut(&mac) else {
+            return false;
+        };
+        let addresses = &self.addresses;
+        let sole = |ip| addresses.holders(ip) == [mac];
+        let Some(moved) = session.refresh(&obs.kind, at, &self.timers, sole) else {
+            return false;
+        };
+        self.deadlines
+            .set_expiry(mac, session.expiry_at(&self.timers));
+        if moved {
+            out.push(Change::Seen {
+                session: session.id,
+                last_seen_ms: session.record.last_seen_ms,
+            });
+        }
+        true
     }
 
     /// Carries out an operator's or the cloud's action; `by` names who asked, for the history.

@@ -1,7 +1,8 @@
 //! The core's indexes against full scans of its sessions on random histories: the deadline
 //! queue and phase sets (`tick`, `due_probes`, `next_deadline`), the session-id index and
 //! the address index (`mac_for_ip`, contests). The scans are the core's code before the
-//! indexes existed, kept here as the reference.
+//! indexes existed, kept here as the reference. The fast path of `apply` is checked the
+//! same way, against a core that takes every observation the full way.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -218,6 +219,9 @@ proptest! {
     ) {
         let mut core = Core::new(&config(), Vec::new(), SeededSessionIds::new(seed))
             .expect("config valid");
+        let mut full = Core::new(&config(), Vec::new(), SeededSessionIds::new(seed))
+            .expect("config valid");
+        full.full_path_only = true;
         let mut now = T0;
         for (dt, input) in steps {
             now += dt;
@@ -225,12 +229,13 @@ proptest! {
             match input {
                 Input::Observe { mac, lag_ms, kind } => {
                     let obs = Observation { mac, at_ms: now - lag_ms, kind };
-                    core.apply(obs, now);
+                    prop_assert_eq!(core.apply(obs.clone(), now), full.apply(obs, now));
                 }
                 Input::Forget(mac) => {
                     let forget = Action::Forget { device: DeviceRef::Mac(mac) };
                     // An unknown device is refused, as it should be.
                     let _ = core.act(&forget, "proptest", now);
+                    let _ = full.act(&forget, "proptest", now);
                 }
                 Input::Tick => {
                     let mut twin = Core::resume(&config(), core.export(), core.ids.clone())
@@ -238,6 +243,7 @@ proptest! {
                     let expected = twin.scan_tick(now);
                     prop_assert_eq!(core.tick(now), expected);
                     prop_assert_eq!(core.export(), twin.export());
+                    full.tick(now);
                 }
                 Input::Probes => {
                     let mut twin = Core::resume(&config(), core.export(), core.ids.clone())
@@ -245,10 +251,12 @@ proptest! {
                     let expected = twin.scan_due_probes(now);
                     prop_assert_eq!(core.due_probes(now), expected);
                     prop_assert_eq!(core.export(), twin.export());
+                    full.due_probes(now);
                 }
             }
             check_indexes(&core)?;
             prop_assert_eq!(core.next_deadline(now), scan_next_deadline(&core, now));
+            prop_assert_eq!(core.export(), full.export());
         }
     }
 }

@@ -108,6 +108,70 @@ impl Session {
         self.seq
     }
 
+    /// The common frame, taken in without the copy of the record that a Delta needs: an
+    /// online device proves it is alive and at most vouches for an address that is its
+    /// alone and already in its record. Returns `None`, having changed nothing, when the
+    /// observation may change more than `last_seen_ms`, the probe RTT and when an address
+    /// was heard ([`Session::absorb`] then takes it in); else whether `last_seen_ms` moved.
+    /// `sole` tells whether an address is held by this device alone.
+    pub fn refresh(
+        &mut self,
+        kind: &ObservationKind,
+        at: i64,
+        timers: &Timers,
+        sole: impl Fn(IpAddr) -> bool,
+    ) -> Option<bool> {
+        if self.record.reachability.state != Liveness::Online {
+            return None;
+        }
+        let ipv4 = self.record.ipv4;
+        let holds_v4 = |ip: &Ipv4Addr| ipv4 == Some(*ip) && sole(IpAddr::V4(*ip));
+        let holds_v6 = |ip: &Ipv6Addr| self.ipv6_heard.contains_key(ip) && sole(IpAddr::V6(*ip));
+        let (vouched, rtt) = match kind {
+            ObservationKind::Arp {
+                kind: ArpKind::Probe,
+                ..
+            }
+            | ObservationKind::Arp { ip: None, .. }
+            | ObservationKind::Ndp { ip: None, .. }
+            | ObservationKind::Mdns { .. }
+            | ObservationKind::Ssdp { .. } => (None, None),
+            ObservationKind::Arp { ip: Some(ip), .. } if holds_v4(ip) => (None, None),
+            ObservationKind::Ndp { ip: Some(ip), .. } if holds_v6(ip) => (Some(*ip), None),
+            ObservationKind::ProbeReply {
+                ip: IpAddr::V4(ip),
+                rtt_us,
+            } if holds_v4(ip) => (None, Some(*rtt_us)),
+            ObservationKind::ProbeReply {
+                ip: IpAddr::V6(ip),
+                rtt_us,
+            } if holds_v6(ip) => (Some(*ip), Some(*rtt_us)),
+            _ => return None,
+        };
+        let seen = self.record.last_seen_ms.max(at);
+        // `absorb` would drop the addresses the new last_seen leaves unheard for too long.
+        let ages = self.ipv6_heard.iter().any(|(ip, heard)| {
+            let heard = if Some(*ip) == vouched {
+                (*heard).max(at)
+            } else {
+                *heard
+            };
+            seen.saturating_sub(heard) > timers.ipv6_expire_ms
+        });
+        if ages {
+            return None;
+        }
+        if let Some(heard) = vouched.and_then(|ip| self.ipv6_heard.get_mut(&ip)) {
+            *heard = (*heard).max(at);
+        }
+        if rtt.is_some() {
+            self.record.reachability.rtt_us = rtt;
+        }
+        let moved = seen != self.record.last_seen_ms;
+        self.record.last_seen_ms = seen;
+        Some(moved)
+    }
+
     /// Takes in what `kind` says about the device. The address it claims concerns other
     /// sessions too and is returned for the core to settle (an IPv6 address is in the record
     /// already, an IPv4 one not yet). `at` is when it was seen.
