@@ -17,6 +17,14 @@
 //!   after that opens a new session. A frame that arrives after the deadline but before the
 //!   tick that would have closed the session closes it first, so the outcome does not depend
 //!   on how often `tick` runs.
+//! - IPv6 addresses: the record's `ipv6` holds every address the device vouched for (the
+//!   source of its NS or RS, the target of its NA or of its DAD probe, a probe answer), at
+//!   most `max_ipv6_per_device`, the least recently heard going first. An address leaves
+//!   `ipv6_expire_after` after it was last vouched for, counted only while the device was
+//!   heard since (a silent device keeps them all); that is a deadline of its own, so the
+//!   address goes at that tick even when no frame follows. Liveness probes ask for every
+//!   address in the record, so an address the device still holds is vouched for each round.
+//! - Addresses claimed by several MACs, IPv4 and IPv6 alike: the rules are in `conflict`.
 //! - Deltas carry the fields that changed, `last_seen_ms` included when it moved; a frame that
 //!   moves only `last_seen_ms` gives a local [`Change::Seen`] instead.
 //! - Probe RTT: the record's `reachability.rtt_us` follows every answered probe in the core's
@@ -27,6 +35,17 @@
 //! - Periodic Snapshots: each session has its own slot in the Snapshot interval (from its id),
 //!   skipped when the whole record went out less than half an interval before.
 //! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
+//!
+//! Cost: nothing scans all sessions except what must visit them all (`sessions`,
+//! `inventory`, a resync of every device, `resume`). The indexes (`index`) hold each
+//! session's earliest expiry (gone, offline, an IPv6 address ageing out) in an ordered set,
+//! its probe and Snapshot phases in two more, a map from session id to MAC, and who holds
+//! each address. `tick` and `due_probes` cost O(log n) plus O(log n) per session with
+//! something due, `next_deadline` O(log n), an observation O(log n). A frame from an online
+//! device that only proves it alive, vouching at most for an address that is its alone,
+//! takes a fast path that neither copies the record nor formats a cause; every other
+//! observation is diffed against a copy of the record. `queue_tests` checks all of it
+//! against the full scans it replaced, on random histories.
 //!
 //! Limitation: `now_ms` is the wall clock. A step forward of more than `gone_after` (a first
 //! NTP sync on a device without an RTC) closes every session; the daemon should start the
@@ -727,71 +746,8 @@ pub(super) fn publish_update(
 }
 
 #[cfg(test)]
-mod tests {
-    use rae_proto::{Reachability, Text};
-
-    use super::*;
-
-    fn session() -> Session {
-        let record = DeviceRecord::new(Mac([0, 0, 0xf0, 0, 0, 1]), Evidence::ArpReply, 1_000);
-        Session::opened(SessionId::from_bytes([1; 16]), record, 1_000)
-    }
-
-    #[test]
-    fn rtt_alone_is_no_change_and_last_seen_alone_is_seen() {
-        let mut s = session();
-        let before = s.record.clone();
-        s.record.reachability.rtt_us = Some(700);
-        let mut out = Vec::new();
-        publish_update(&mut s, &before, cause(), &mut out);
-        assert!(out.is_empty());
-        s.record.last_seen_ms = 2_000;
-        publish_update(&mut s, &before, cause(), &mut out);
-        assert_eq!(
-            out,
-            vec![Change::Seen {
-                session: s.id,
-                last_seen_ms: 2_000
-            }]
-        );
-        assert_eq!(s.seq, 1);
-    }
-
-    #[test]
-    fn a_transition_carries_the_current_rtt_and_last_seen_rides_along() {
-        let mut s = session();
-        s.record.reachability.rtt_us = Some(700);
-        let before = s.record.clone();
-        s.record.reachability.state = Liveness::Offline;
-        s.record.reachability.evidence = Evidence::ProbeMissed { count: 3 };
-        s.record.hostname = Some(Text::from("tv"));
-        s.record.last_seen_ms = 1_500;
-        let mut out = Vec::new();
-        publish_update(&mut s, &before, cause(), &mut out);
-        let [Change::Updated { seq: 2, fields, .. }] = out.as_slice() else {
-            panic!("expected one Delta, got {out:?}");
-        };
-        assert_eq!(
-            fields,
-            &vec![
-                Field::Hostname(Some(Text::from("tv"))),
-                Field::Reachability(Reachability {
-                    state: Liveness::Offline,
-                    evidence: Evidence::ProbeMissed { count: 3 },
-                    rtt_us: Some(700),
-                }),
-                Field::LastSeen(1_500),
-            ]
-        );
-    }
-
-    fn cause() -> Cause {
-        Cause {
-            at_ms: 0,
-            summary: String::new(),
-        }
-    }
-}
+#[path = "core_tests.rs"]
+mod tests;
 
 #[cfg(test)]
 #[path = "queue_tests.rs"]
