@@ -7,7 +7,11 @@
 //! (a) read + parse only, (b) read + parse + observations + registry core (ticks at every
 //! deadline included). Prints frames/s for each.
 //!
-//! Run: `cargo run --release -p rae-agent --example replay_bench [DEVICES] [SECONDS]`.
+//! Run: `cargo run --release -p rae-agent --example replay_bench [DEVICES] [SECONDS]`; the
+//! two sizes docs/BENCHMARKS.md reports are `1000 1000` (the default) and `10000 100` (about
+//! a million frames each). The core's cost grows with the devices only through its ordered
+//! indexes (O(log n) per frame and per due deadline), so the second should run at more than
+//! half the rate of the first.
 //! An example rather than a `cargo bench`: the crate has no bench harness, and one timed
 //! run over a million frames is the measurement, not a statistical micro-benchmark.
 

@@ -84,6 +84,10 @@ pub struct RegistryConfig {
     /// Offline this long and the session is closed; seen again later, it gets a new session.
     #[serde(default = "default_gone_after_secs")]
     pub gone_after_secs: u64,
+    /// An IPv6 address the device has not vouched for (DAD probe, NS/NA, probe answer) this
+    /// long, while it kept talking, leaves its record.
+    #[serde(default = "default_ipv6_expire_after_secs")]
+    pub ipv6_expire_after_secs: u64,
 }
 
 impl Default for RegistryConfig {
@@ -92,6 +96,7 @@ impl Default for RegistryConfig {
             probe_interval_secs: default_probe_interval_secs(),
             offline_after_misses: default_offline_after_misses(),
             gone_after_secs: default_gone_after_secs(),
+            ipv6_expire_after_secs: default_ipv6_expire_after_secs(),
         }
     }
 }
@@ -203,6 +208,10 @@ fn default_offline_after_misses() -> u32 {
 fn default_gone_after_secs() -> u64 {
     600
 }
+fn default_ipv6_expire_after_secs() -> u64 {
+    1800
+}
+
 fn default_snapshot_interval_secs() -> u64 {
     300
 }
@@ -354,6 +363,17 @@ impl Config {
                 format!(
                     "{} must be longer than probe_interval_secs x offline_after_misses ({offline_after})",
                     r.gone_after_secs
+                ),
+            );
+        }
+        // A probed address is vouched for once per probe round; a shorter expiry would drop
+        // addresses the device still answers for.
+        if r.ipv6_expire_after_secs <= r.probe_interval_secs {
+            return invalid(
+                "registry.ipv6_expire_after_secs",
+                format!(
+                    "{} must be longer than probe_interval_secs ({})",
+                    r.ipv6_expire_after_secs, r.probe_interval_secs
                 ),
             );
         }
@@ -527,6 +547,7 @@ mod tests {
         assert_eq!(config.registry.probe_interval_secs, 10);
         assert_eq!(config.registry.offline_after_misses, 3);
         assert_eq!(config.registry.gone_after_secs, 600);
+        assert_eq!(config.registry.ipv6_expire_after_secs, 1800);
         assert_eq!(config.agent.state_dir, Path::new("/var/lib/rae-agent"));
         assert_eq!(config.log.format, LogFormat::Text);
     }
@@ -601,6 +622,10 @@ mod tests {
         expect_invalid(
             &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 10\ngone_after_secs = 30\n"),
             "registry.gone_after_secs",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[registry]\nipv6_expire_after_secs = 10\n"),
+            "registry.ipv6_expire_after_secs",
         );
         expect_invalid(
             &format!("{MINIMAL}\n[publish]\noutbox_max_bytes = 10\n"),

@@ -4,7 +4,7 @@
 //! (which owns the per-session counters, restored from the store at start-up), so the store
 //! only has to write what it is given, in one transaction with the matching outbox rows.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rae_proto::{CloseReason, DeviceRecord, Field, Mac, SessionId};
 
@@ -58,13 +58,14 @@ pub enum Change {
         session: SessionId,
         last_seen_ms: i64,
     },
-    /// This session's IPv4 address is claimed by other MACs too. Local-only: recorded in the
-    /// session's history (`raectl show`), never published. Each session involved gets its own
-    /// Conflict, so every history tells the whole story.
+    /// An address of this session (its IPv4 address or one of its IPv6 ones) is claimed by
+    /// other MACs too. Local-only: recorded in the session's history (`raectl show`), never
+    /// published. Each session involved gets its own Conflict, so every history tells the
+    /// whole story.
     Conflict {
         session: SessionId,
         mac: Mac,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The other MACs involved, sorted.
         others: Vec<Mac>,
         kind: ConflictKind,
@@ -72,7 +73,7 @@ pub enum Change {
     },
 }
 
-/// What happened to an IPv4 address that more than one MAC claimed.
+/// What happened to an address (IPv4 or IPv6) that more than one MAC claimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConflictKind {
     /// A MAC claimed an address that another live session holds; both keep it.

@@ -17,6 +17,14 @@
 //!   after that opens a new session. A frame that arrives after the deadline but before the
 //!   tick that would have closed the session closes it first, so the outcome does not depend
 //!   on how often `tick` runs.
+//! - IPv6 addresses: the record's `ipv6` holds every address the device vouched for (the
+//!   source of its NS or RS, the target of its NA or of its DAD probe, a probe answer), at
+//!   most `max_ipv6_per_device`, the least recently heard going first. An address leaves
+//!   `ipv6_expire_after` after it was last vouched for, counted only while the device was
+//!   heard since (a silent device keeps them all); that is a deadline of its own, so the
+//!   address goes at that tick even when no frame follows. Liveness probes ask for every
+//!   address in the record, so an address the device still holds is vouched for each round.
+//! - Addresses claimed by several MACs, IPv4 and IPv6 alike: the rules are in `conflict`.
 //! - Deltas carry the fields that changed, `last_seen_ms` included when it moved; a frame that
 //!   moves only `last_seen_ms` gives a local [`Change::Seen`] instead.
 //! - Probe RTT: the record's `reachability.rtt_us` follows every answered probe in the core's
@@ -28,11 +36,22 @@
 //!   skipped when the whole record went out less than half an interval before.
 //! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
 //!
+//! Cost: nothing scans all sessions except what must visit them all (`sessions`,
+//! `inventory`, a resync of every device, `resume`). The indexes (`index`) hold each
+//! session's earliest expiry (gone, offline, an IPv6 address ageing out) in an ordered set,
+//! its probe and Snapshot phases in two more, a map from session id to MAC, and who holds
+//! each address. `tick` and `due_probes` cost O(log n) plus O(log n) per session with
+//! something due, `next_deadline` O(log n), an observation O(log n). A frame from an online
+//! device that only proves it alive, vouching at most for an address that is its alone,
+//! takes a fast path that neither copies the record nor formats a cause; every other
+//! observation is diffed against a copy of the record. `queue_tests` checks all of it
+//! against the full scans it replaced, on random histories.
+//!
 //! Limitation: `now_ms` is the wall clock. A step forward of more than `gone_after` (a first
 //! NTP sync on a device without an RTC) closes every session; the daemon should start the
 //! core once the clock is synchronised.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rae_proto::{
@@ -43,6 +62,7 @@ use rae_proto::{
 use super::change::{Cause, Change};
 use super::conflict::Contest;
 use super::ids::{RandomSessionIds, SessionIds};
+use super::index::{Addresses, Deadlines};
 use super::observation::Observation;
 use super::oui;
 use super::schedule::{CoreConfig, CoreConfigError, Timers};
@@ -58,12 +78,19 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     pub(super) timers: Timers,
     own_macs: BTreeSet<Mac>,
     pub(super) sessions: BTreeMap<Mac, Session>,
-    pub(super) contests: BTreeMap<Ipv4Addr, Contest>,
+    /// Session id -> MAC, for actions and lookups by session.
+    by_id: HashMap<SessionId, Mac>,
+    /// Who holds each address, and the contests (`conflict`).
+    pub(super) addresses: Addresses,
+    pub(super) deadlines: Deadlines,
     tick_cursor: Option<i64>,
     probe_cursor: Option<i64>,
     /// Restored sessions that duplicated another one's MAC: closed at the first tick.
     duplicates: Vec<RestoredSession>,
     ids: I,
+    /// Tests compare the fast path of `apply` with the full one.
+    #[cfg(test)]
+    full_path_only: bool,
 }
 
 /// Everything a core holds, from [`Core::export`]; [`Core::resume`] carries on from it
@@ -71,7 +98,7 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreState {
     sessions: Vec<Session>,
-    contests: BTreeMap<Ipv4Addr, Contest>,
+    contests: BTreeMap<IpAddr, Contest>,
     tick_cursor: Option<i64>,
     probe_cursor: Option<i64>,
     duplicates: Vec<RestoredSession>,
@@ -183,26 +210,32 @@ impl<I: SessionIds> Core<I> {
     /// A core that carries on exactly where the one that [`export`](Core::export)ed `state`
     /// stopped.
     pub fn resume(config: &CoreConfig, state: CoreState, ids: I) -> Result<Self, CoreConfigError> {
-        Ok(Core {
+        let mut core = Core {
             timers: Timers::new(config)?,
             own_macs: config.own_macs.iter().copied().collect(),
-            sessions: state
-                .sessions
-                .into_iter()
-                .map(|s| (s.record.mac, s))
-                .collect(),
-            contests: state.contests,
+            sessions: BTreeMap::new(),
+            by_id: HashMap::new(),
+            addresses: Addresses::default(),
+            deadlines: Deadlines::default(),
             tick_cursor: state.tick_cursor,
             probe_cursor: state.probe_cursor,
             duplicates: state.duplicates,
             ids,
-        })
+            #[cfg(test)]
+            full_path_only: false,
+        };
+        for session in state.sessions {
+            core.insert_session(session);
+        }
+        // As exported: the exporting core kept only contests over addresses two hold.
+        core.addresses.contests = state.contests;
+        Ok(core)
     }
 
     pub fn export(&self) -> CoreState {
         CoreState {
             sessions: self.sessions.values().cloned().collect(),
-            contests: self.contests.clone(),
+            contests: self.addresses.contests.clone(),
             tick_cursor: self.tick_cursor,
             probe_cursor: self.probe_cursor,
             duplicates: self.duplicates.clone(),
@@ -215,9 +248,9 @@ impl<I: SessionIds> Core<I> {
     pub fn set_own_macs(&mut self, macs: &[Mac], now_ms: i64) -> Vec<Change> {
         self.own_macs = macs.iter().copied().collect();
         let own: Vec<Mac> = self
-            .sessions
-            .keys()
-            .filter(|mac| self.own_macs.contains(mac))
+            .own_macs
+            .iter()
+            .filter(|mac| self.sessions.contains_key(mac))
             .copied()
             .collect();
         let mut out = Vec::new();
@@ -242,6 +275,9 @@ impl<I: SessionIds> Core<I> {
         }
         let at = obs.at_ms.min(now_ms);
         self.expire(mac, now_ms, &mut out);
+        if self.refresh(mac, &obs, at, &mut out) {
+            return out;
+        }
         let cause = Cause {
             at_ms: at,
             summary: format!("{mac}: {}", obs.kind.describe()),
@@ -258,8 +294,7 @@ impl<I: SessionIds> Core<I> {
                 };
                 let mut record = DeviceRecord::new(mac, evidence, at);
                 record.vendor = oui::vendor(mac).map(str::to_owned);
-                self.sessions
-                    .insert(mac, Session::opened(id, record, now_ms));
+                self.insert_session(Session::opened(id, record, now_ms));
                 None
             }
         };
@@ -276,10 +311,14 @@ impl<I: SessionIds> Core<I> {
                 reachability.evidence = evidence;
             }
         }
+        let old_ipv6 = before.as_ref().map_or(&[][..], |b| b.ipv6.as_slice());
+        self.addresses.sync_v6(mac, old_ipv6, &session.record.ipv6);
         let follow_ups = self.settle_claim(mac, claim, now_ms, &cause);
         let Some(session) = self.sessions.get_mut(&mac) else {
             return out;
         };
+        self.deadlines
+            .set_expiry(mac, session.expiry_at(&self.timers));
         match before {
             Some(before) => publish_update(session, &before, cause, &mut out),
             None => out.push(Change::Opened {
@@ -290,8 +329,33 @@ impl<I: SessionIds> Core<I> {
             }),
         }
         out.extend(follow_ups);
-        self.prune_contests();
         out
+    }
+
+    /// The fast path of `apply` (see [`Session::refresh`]); false when the observation needs
+    /// the full one.
+    fn refresh(&mut self, mac: Mac, obs: &Observation, at: i64, out: &mut Vec<Change>) -> bool {
+        #[cfg(test)]
+        if self.full_path_only {
+            return false;
+        }
+        let Some(session) = self.sessions.get_mut(&mac) else {
+            return false;
+        };
+        let addresses = &self.addresses;
+        let sole = |ip| addresses.holders(ip) == [mac];
+        let Some(moved) = session.refresh(&obs.kind, at, &self.timers, sole) else {
+            return false;
+        };
+        self.deadlines
+            .set_expiry(mac, session.expiry_at(&self.timers));
+        if moved {
+            out.push(Change::Seen {
+                session: session.id,
+                last_seen_ms: session.record.last_seen_ms,
+            });
+        }
+        true
     }
 
     /// Carries out an operator's or the cloud's action; `by` names who asked, for the history.
@@ -343,7 +407,7 @@ impl<I: SessionIds> Core<I> {
             }
             Action::Forget { device } => {
                 let mac = self.resolve(device)?.record.mac;
-                if let Some(mut session) = self.sessions.remove(&mac) {
+                if let Some(mut session) = self.remove_session(mac) {
                     out.push(Change::Closed {
                         session: session.id,
                         seq: session.bump(),
@@ -354,48 +418,28 @@ impl<I: SessionIds> Core<I> {
                 }
             }
         }
-        self.prune_contests();
         Ok(out)
     }
 
-    /// Moves time on to `now_ms`: offline transitions, Closed sessions and periodic
-    /// Snapshots that are due.
+    /// Moves time on to `now_ms`: offline transitions, Closed sessions, IPv6 addresses that
+    /// aged out and periodic Snapshots that are due. Only the sessions with something due
+    /// are visited (`index`).
     pub fn tick(&mut self, now_ms: i64) -> Vec<Change> {
-        let mut out = Vec::new();
-        for duplicate in std::mem::take(&mut self.duplicates) {
-            out.push(Change::Closed {
-                session: duplicate.session,
-                seq: duplicate.seq.saturating_add(1),
-                mac: duplicate.record.mac,
-                reason: CloseReason::Gone,
-                cause: Cause {
-                    at_ms: now_ms,
-                    summary: "restored beside a more recent session of the same MAC".to_owned(),
-                },
-            });
-        }
-        let macs: Vec<Mac> = self.sessions.keys().copied().collect();
-        for mac in macs {
+        let mut out = self.close_duplicates(now_ms);
+        for mac in self.deadlines.expired(now_ms) {
             self.expire(mac, now_ms, &mut out);
         }
         if let Some(cursor) = self.tick_cursor.filter(|cursor| *cursor < now_ms) {
-            let half = self.timers.snapshot_ms / 2;
-            for session in self.sessions.values_mut() {
-                let slot = self.timers.snapshot_slot(session.id, now_ms);
-                let recent = session
-                    .last_full_ms
-                    .is_some_and(|full| slot.saturating_sub(full) < half);
-                if slot > cursor && !recent {
-                    let cause = Cause {
-                        at_ms: now_ms,
-                        summary: "periodic snapshot".to_owned(),
-                    };
-                    push_snapshot(session, now_ms, cause, &mut out);
+            let candidates =
+                self.deadlines
+                    .snapshot_candidates(cursor, now_ms, self.timers.snapshot_ms);
+            for mac in candidates {
+                if let Some(session) = self.sessions.get_mut(&mac) {
+                    periodic_snapshot(&self.timers, session, cursor, now_ms, &mut out);
                 }
             }
         }
         self.tick_cursor = Some(self.tick_cursor.map_or(now_ms, |c| c.max(now_ms)));
-        self.prune_contests();
         out
     }
 
@@ -404,48 +448,37 @@ impl<I: SessionIds> Core<I> {
     /// Rounds sit on each session's own phase (see `schedule`), so calls spread over the
     /// interval each return a share of the devices.
     pub fn due_probes(&mut self, now_ms: i64) -> Vec<ProbeRequest> {
-        let from = self
-            .probe_cursor
-            .unwrap_or_else(|| now_ms.saturating_sub(self.timers.timeout_ms));
-        let mut probes = Vec::new();
-        for session in self.sessions.values() {
-            let record = &session.record;
-            let round = self.timers.round_at_or_before(session.id, now_ms);
-            if round > from && (record.ipv4.is_some() || !record.ipv6.is_empty()) {
-                probes.push(ProbeRequest {
-                    session: session.id,
-                    mac: record.mac,
-                    ipv4: record.ipv4,
-                    ipv6: record.ipv6.clone(),
-                });
-            }
-        }
+        let from = self.probe_from(now_ms);
+        let candidates = self
+            .deadlines
+            .probe_candidates(from, now_ms, self.timers.probe_ms);
+        let probes = candidates
+            .into_iter()
+            .filter_map(|mac| self.sessions.get(&mac))
+            .filter_map(|session| self.probe(session, from, now_ms))
+            .collect();
         self.probe_cursor = Some(from.max(now_ms));
         probes
     }
 
     /// The earliest time after `now_ms` at which `tick` or `due_probes` has work; `now_ms`
-    /// itself when something is overdue, `None` when there is no session.
+    /// itself when something is overdue, `None` when there is no session. Probe rounds and
+    /// Snapshot slots count whether or not they were handled already: the next one after
+    /// `now_ms` of any session.
     pub fn next_deadline(&self, now_ms: i64) -> Option<i64> {
         if !self.duplicates.is_empty() {
             return Some(now_ms);
         }
-        self.sessions
-            .values()
-            .flat_map(|session| {
-                let heard = session.record.last_seen_ms;
-                let offline = (session.record.reachability.state == Liveness::Online)
-                    .then(|| self.timers.offline_at(session.id, heard));
-                [
-                    Some(self.timers.gone_at(heard)),
-                    offline,
-                    Some(self.timers.next_round(session.id, now_ms)),
-                    Some(self.timers.next_snapshot_slot(session.id, now_ms)),
-                ]
-            })
-            .flatten()
-            .min()
-            .map(|deadline| deadline.max(now_ms))
+        let d = &self.deadlines;
+        [
+            d.first_expiry(),
+            d.next_probe_round(now_ms, self.timers.probe_ms),
+            d.next_snapshot_slot(now_ms, self.timers.snapshot_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|deadline| deadline.max(now_ms))
     }
 
     /// Every open session, by MAC.
@@ -455,11 +488,11 @@ impl<I: SessionIds> Core<I> {
 
     /// The open session a reference names.
     pub fn session(&self, device: &DeviceRef) -> Option<SessionView<'_>> {
-        match device {
-            DeviceRef::Mac(mac) => self.sessions.get(mac),
-            DeviceRef::Session(id) => self.sessions.values().find(|s| s.id == *id),
-        }
-        .map(view)
+        let mac = match device {
+            DeviceRef::Mac(mac) => *mac,
+            DeviceRef::Session(id) => *self.by_id.get(id)?,
+        };
+        self.sessions.get(&mac).map(view)
     }
 
     /// Every open session with its latest seq: the inventory.
@@ -477,15 +510,12 @@ impl<I: SessionIds> Core<I> {
     }
 
     /// The device using `ip`, for observations that arrive by address (mDNS, UPnP). When
-    /// several claim an IPv4 address, the most recently heard online one.
+    /// several claim the address, the most recently heard online one.
     pub fn mac_for_ip(&self, ip: IpAddr) -> Option<Mac> {
-        let holds = |record: &DeviceRecord| match ip {
-            IpAddr::V4(v4) => record.ipv4 == Some(v4),
-            IpAddr::V6(v6) => record.ipv6.binary_search(&v6).is_ok(),
-        };
-        self.sessions
-            .values()
-            .filter(|s| holds(&s.record))
+        self.addresses
+            .holders(ip)
+            .iter()
+            .filter_map(|mac| self.sessions.get(mac))
             .max_by_key(|s| {
                 let r = &s.record;
                 (
@@ -500,21 +530,85 @@ impl<I: SessionIds> Core<I> {
     fn fresh_id(&mut self) -> Option<SessionId> {
         (0..ID_ATTEMPTS)
             .map(|_| self.ids.next_id())
-            .find(|id| self.sessions.values().all(|s| s.id != *id))
+            .find(|id| !self.by_id.contains_key(id))
     }
 
     /// The open session `device` names. Actions take the sessions as they are: deadlines
     /// move only in `tick` (and in `apply`, for the device observed).
     fn resolve(&mut self, device: &DeviceRef) -> Result<&mut Session, ActionError> {
-        match device {
-            DeviceRef::Mac(mac) => self.sessions.get_mut(mac),
-            DeviceRef::Session(id) => self.sessions.values_mut().find(|s| s.id == *id),
-        }
-        .ok_or(ActionError::UnknownDevice(*device))
+        let mac = match device {
+            DeviceRef::Mac(mac) => Some(*mac),
+            DeviceRef::Session(id) => self.by_id.get(id).copied(),
+        };
+        mac.and_then(|mac| self.sessions.get_mut(&mac))
+            .ok_or(ActionError::UnknownDevice(*device))
+    }
+
+    /// Adds an open session and its index entries.
+    fn insert_session(&mut self, session: Session) {
+        let mac = session.record.mac;
+        self.by_id.insert(session.id, mac);
+        self.deadlines.insert(
+            mac,
+            self.timers.probe_phase(session.id),
+            self.timers.snapshot_phase(session.id),
+            session.expiry_at(&self.timers),
+        );
+        self.addresses.move_v4(mac, None, session.record.ipv4);
+        self.addresses.sync_v6(mac, &[], &session.record.ipv6);
+        self.sessions.insert(mac, session);
+    }
+
+    /// Takes an open session out, with its index entries.
+    fn remove_session(&mut self, mac: Mac) -> Option<Session> {
+        let session = self.sessions.remove(&mac)?;
+        self.by_id.remove(&session.id);
+        self.deadlines.remove(
+            mac,
+            self.timers.probe_phase(session.id),
+            self.timers.snapshot_phase(session.id),
+        );
+        self.addresses.move_v4(mac, session.record.ipv4, None);
+        self.addresses.sync_v6(mac, &session.record.ipv6, &[]);
+        Some(session)
+    }
+
+    fn close_duplicates(&mut self, now_ms: i64) -> Vec<Change> {
+        std::mem::take(&mut self.duplicates)
+            .into_iter()
+            .map(|duplicate| Change::Closed {
+                session: duplicate.session,
+                seq: duplicate.seq.saturating_add(1),
+                mac: duplicate.record.mac,
+                reason: CloseReason::Gone,
+                cause: Cause {
+                    at_ms: now_ms,
+                    summary: "restored beside a more recent session of the same MAC".to_owned(),
+                },
+            })
+            .collect()
+    }
+
+    fn probe_from(&self, now_ms: i64) -> i64 {
+        self.probe_cursor
+            .unwrap_or_else(|| now_ms.saturating_sub(self.timers.timeout_ms))
+    }
+
+    /// The probe for `session` when a round of it started in `(from, now]` and it has an
+    /// address to probe.
+    fn probe(&self, session: &Session, from: i64, now: i64) -> Option<ProbeRequest> {
+        let record = &session.record;
+        let round = self.timers.round_at_or_before(session.id, now);
+        (round > from && (record.ipv4.is_some() || !record.ipv6.is_empty())).then(|| ProbeRequest {
+            session: session.id,
+            mac: record.mac,
+            ipv4: record.ipv4,
+            ipv6: record.ipv6.clone(),
+        })
     }
 
     /// Applies the session's deadlines that `now` has reached: Closed when gone, else the
-    /// offline transition.
+    /// offline transition and the IPv6 addresses that aged out.
     fn expire(&mut self, mac: Mac, now: i64, out: &mut Vec<Change>) {
         let Some(session) = self.sessions.get_mut(&mac) else {
             return;
@@ -522,7 +616,7 @@ impl<I: SessionIds> Core<I> {
         let heard = session.record.last_seen_ms;
         let gone_at = self.timers.gone_at(heard);
         if now >= gone_at {
-            if let Some(mut session) = self.sessions.remove(&mac) {
+            if let Some(mut session) = self.remove_session(mac) {
                 out.push(Change::Closed {
                     session: session.id,
                     seq: session.bump(),
@@ -539,6 +633,7 @@ impl<I: SessionIds> Core<I> {
             }
             return;
         }
+        let mut moved = false;
         let offline_at = self.timers.offline_at(session.id, heard);
         if session.record.reachability.state == Liveness::Online && now >= offline_at {
             let count = self.timers.misses_at(session.id, heard, now);
@@ -550,7 +645,51 @@ impl<I: SessionIds> Core<I> {
                 summary: format!("{count} probe rounds in a row passed without a frame"),
             };
             publish_update(session, &before, cause, out);
+            moved = true;
         }
+        if let Some(aged_at) = session.ipv6_age_at(&self.timers).filter(|at| now >= *at) {
+            let before = session.record.clone();
+            let aged = session.age_ipv6(now, &self.timers);
+            self.addresses
+                .sync_v6(mac, &before.ipv6, &session.record.ipv6);
+            let aged: Vec<String> = aged.iter().map(ToString::to_string).collect();
+            let cause = Cause {
+                at_ms: aged_at,
+                summary: format!(
+                    "{} not vouched for in {} s while the device was heard (ipv6_expire_after)",
+                    aged.join(", "),
+                    self.timers.ipv6_expire_ms / 1000
+                ),
+            };
+            publish_update(session, &before, cause, out);
+            moved = true;
+        }
+        if moved {
+            self.deadlines
+                .set_expiry(mac, session.expiry_at(&self.timers));
+        }
+    }
+}
+
+/// The periodic Snapshot of `session`, when one of its slots passed in `(cursor, now]` and
+/// the whole record did not go out less than half an interval before that slot.
+fn periodic_snapshot(
+    timers: &Timers,
+    session: &mut Session,
+    cursor: i64,
+    now: i64,
+    out: &mut Vec<Change>,
+) {
+    let slot = timers.snapshot_slot(session.id, now);
+    let recent = session
+        .last_full_ms
+        .is_some_and(|full| slot.saturating_sub(full) < timers.snapshot_ms / 2);
+    if slot > cursor && !recent {
+        let cause = Cause {
+            at_ms: now,
+            summary: "periodic snapshot".to_owned(),
+        };
+        push_snapshot(session, now, cause, out);
     }
 }
 
@@ -607,68 +746,9 @@ pub(super) fn publish_update(
 }
 
 #[cfg(test)]
-mod tests {
-    use rae_proto::{Reachability, Text};
+#[path = "core_tests.rs"]
+mod tests;
 
-    use super::*;
-
-    fn session() -> Session {
-        let record = DeviceRecord::new(Mac([0, 0, 0xf0, 0, 0, 1]), Evidence::ArpReply, 1_000);
-        Session::opened(SessionId::from_bytes([1; 16]), record, 1_000)
-    }
-
-    #[test]
-    fn rtt_alone_is_no_change_and_last_seen_alone_is_seen() {
-        let mut s = session();
-        let before = s.record.clone();
-        s.record.reachability.rtt_us = Some(700);
-        let mut out = Vec::new();
-        publish_update(&mut s, &before, cause(), &mut out);
-        assert!(out.is_empty());
-        s.record.last_seen_ms = 2_000;
-        publish_update(&mut s, &before, cause(), &mut out);
-        assert_eq!(
-            out,
-            vec![Change::Seen {
-                session: s.id,
-                last_seen_ms: 2_000
-            }]
-        );
-        assert_eq!(s.seq, 1);
-    }
-
-    #[test]
-    fn a_transition_carries_the_current_rtt_and_last_seen_rides_along() {
-        let mut s = session();
-        s.record.reachability.rtt_us = Some(700);
-        let before = s.record.clone();
-        s.record.reachability.state = Liveness::Offline;
-        s.record.reachability.evidence = Evidence::ProbeMissed { count: 3 };
-        s.record.hostname = Some(Text::from("tv"));
-        s.record.last_seen_ms = 1_500;
-        let mut out = Vec::new();
-        publish_update(&mut s, &before, cause(), &mut out);
-        let [Change::Updated { seq: 2, fields, .. }] = out.as_slice() else {
-            panic!("expected one Delta, got {out:?}");
-        };
-        assert_eq!(
-            fields,
-            &vec![
-                Field::Hostname(Some(Text::from("tv"))),
-                Field::Reachability(Reachability {
-                    state: Liveness::Offline,
-                    evidence: Evidence::ProbeMissed { count: 3 },
-                    rtt_us: Some(700),
-                }),
-                Field::LastSeen(1_500),
-            ]
-        );
-    }
-
-    fn cause() -> Cause {
-        Cause {
-            at_ms: 0,
-            summary: String::new(),
-        }
-    }
-}
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod queue_tests;

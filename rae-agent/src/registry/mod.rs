@@ -5,20 +5,25 @@
 //!   about one device, and [`observations_from_frame`], the pure map from parsed frames.
 //! - [`core`]: the [`Core`] state machine: `apply`, `act`, `tick`, `due_probes`; its rules
 //!   (sessions, reachability hysteresis, RTT, Snapshots) are in that module's documentation.
-//! - `conflict`: IPv4 addresses claimed by several MACs, and the flip-flop damping rule.
+//! - `conflict`: addresses (IPv4 and IPv6) claimed by several MACs, and the flip-flop
+//!   damping rule.
+//! - `index`: the deadline queue, probe and Snapshot phase sets, session-id and address
+//!   indexes that spare the core full scans of its sessions.
 //! - [`schedule`]: [`CoreConfig`] and the per-session probe and Snapshot grid.
 //! - [`change`]: the [`Change`]s the core emits for the store and the publisher.
 //! - [`ids`]: where session ids come from ([`RandomSessionIds`], [`SeededSessionIds`]).
 //! - [`oui`]: the embedded IEEE OUI table behind the record's `vendor`.
 //!
-//! Limitations: IPv6 addresses are not checked for conflicts (duplicate address detection
-//! is the hosts' own); ESNs come only from actions, not yet from DIAL additional data; DHCP
-//! option 81 (client FQDN) is not used as a host name.
+//! Limitations: ESNs come only from actions, not yet from DIAL additional data; DHCP
+//! option 81 (client FQDN) is not used as a host name; the source address of a Neighbor
+//! Advertisement is not taken (its target is); no DHCPv6, so no IPv6 address is
+//! authoritative and an IPv6 conflict between live devices is noted, never resolved.
 
 pub mod change;
 mod conflict;
 pub mod core;
 pub mod ids;
+mod index;
 pub mod mdns;
 pub mod observation;
 pub mod oui;

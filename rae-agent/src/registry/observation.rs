@@ -31,7 +31,8 @@ pub enum ObservationKind {
     /// An ARP packet the device sent; `ip` is its sender address, `None` for 0.0.0.0.
     Arp { ip: Option<Ipv4Addr>, kind: ArpKind },
     /// A neighbour discovery message the device sent; `ip` is the address it vouches for
-    /// (the target of an advertisement, else the source), `None` for `::` or multicast.
+    /// (the target of an advertisement or of a DAD probe, else the source), `None` for `::`
+    /// or multicast.
     Ndp { ip: Option<Ipv6Addr>, kind: NdpKind },
     /// The device answered the agent's liveness probe for `ip`, `rtt_us` after it was sent.
     /// `mac` is the device that answered, which need not be the one probed.
@@ -104,6 +105,10 @@ pub enum NdpKind {
     NeighborSolicit,
     NeighborAdvert,
     RouterSolicit,
+    /// Duplicate Address Detection (RFC 4862 5.4): a solicitation from `::` for the address
+    /// the device is about to use. Often the only frame that shows a SLAAC address of a
+    /// device that then talks from its link-local address alone.
+    DadProbe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -185,6 +190,7 @@ impl ObservationKind {
                     NdpKind::NeighborSolicit => "neighbor solicitation",
                     NdpKind::NeighborAdvert => "neighbor advertisement",
                     NdpKind::RouterSolicit => "router solicitation",
+                    NdpKind::DadProbe => "duplicate address detection",
                 };
                 match ip {
                     Some(ip) => format!("{kind} for {ip}"),
@@ -242,8 +248,11 @@ fn is_device(addr: MacAddr) -> bool {
 /// - ARP: about the sender MAC; a 0.0.0.0 sender (an RFC 5227 probe) is alive but claims
 ///   no address.
 /// - NDP: about the source link-layer option, else the Ethernet source; an advertisement
-///   vouches for its target, a solicitation for its source unless that is `::` (DAD).
-///   Router advertisements are the router's business, not a device's.
+///   vouches for its target, a solicitation for its source, and a solicitation from `::`
+///   (a DAD probe) for its target, the address the device is about to use. Router
+///   advertisements are the router's business, not a device's. The source address of an
+///   advertisement is not taken (one address per observation): it is the target itself or
+///   the link-local address, which the device's solicitations show.
 /// - mDNS and SSDP: the Ethernet source is alive; their content is decoded elsewhere.
 ///
 /// Frames from the agent's own MACs are filtered by the core, which knows them.
@@ -328,6 +337,14 @@ fn dhcp_kind(dhcp: &DhcpRepr<'_>, src: MacAddr) -> Option<ObservationKind> {
 fn ndp_kind(ndp: &NdpRepr, ip_src: Ipv6Addr, src: MacAddr) -> Option<(MacAddr, ObservationKind)> {
     let source_ip = Some(ip_src).filter(|ip| is_host_v6(*ip));
     Some(match ndp {
+        NdpRepr::NeighborSolicit { target, .. } if ip_src.is_unspecified() => (
+            // RFC 4862 5.4.3: a DAD probe carries no source link-layer option.
+            src,
+            ObservationKind::Ndp {
+                ip: Some(*target).filter(|ip| is_host_v6(*ip)),
+                kind: NdpKind::DadProbe,
+            },
+        ),
         NdpRepr::NeighborSolicit { source_mac, .. } => (
             source_mac.unwrap_or(src),
             ObservationKind::Ndp {

@@ -205,7 +205,7 @@ fn ndp_frame(src_mac: MacAddr, src: Ipv6Addr, ndp: NdpRepr) -> Frame<'static> {
 }
 
 #[test]
-fn ndp_vouches_for_targets_and_sources_but_not_dad() {
+fn ndp_vouches_for_targets_sources_and_dad_targets() {
     let lla: Ipv6Addr = "fe80::7".parse().unwrap();
     let global: Ipv6Addr = "2001:db8::7".parse().unwrap();
     let device = Mac(DEVICE.0);
@@ -224,7 +224,8 @@ fn ndp_vouches_for_targets_and_sources_but_not_dad() {
             }
         ))
     );
-    // DAD: from ::, no source option; alive (Ethernet source) but claims nothing yet.
+    // DAD: from ::, no source option; the tentative target is the device's (Ethernet
+    // source) address to be.
     let dad = NdpRepr::NeighborSolicit {
         target: global,
         source_mac: None,
@@ -234,8 +235,38 @@ fn ndp_vouches_for_targets_and_sources_but_not_dad() {
         Some((
             device,
             ObservationKind::Ndp {
-                ip: None,
+                ip: Some(global),
+                kind: NdpKind::DadProbe
+            }
+        ))
+    );
+    // An ordinary solicitation vouches for its source, not for the target it resolves.
+    let ns = NdpRepr::NeighborSolicit {
+        target: "2001:db8::1".parse().unwrap(),
+        source_mac: Some(DEVICE),
+    };
+    assert_eq!(
+        observed(&ndp_frame(DEVICE, global, ns)),
+        Some((
+            device,
+            ObservationKind::Ndp {
+                ip: Some(global),
                 kind: NdpKind::NeighborSolicit
+            }
+        ))
+    );
+    // A DAD probe for a multicast target claims nothing, but the device is alive.
+    let odd = NdpRepr::NeighborSolicit {
+        target: "ff02::1".parse().unwrap(),
+        source_mac: None,
+    };
+    assert_eq!(
+        observed(&ndp_frame(DEVICE, Ipv6Addr::UNSPECIFIED, odd)),
+        Some((
+            device,
+            ObservationKind::Ndp {
+                ip: None,
+                kind: NdpKind::DadProbe
             }
         ))
     );

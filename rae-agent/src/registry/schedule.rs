@@ -27,8 +27,8 @@ pub struct CoreConfig {
     pub gone_after: Duration,
     /// Period of the unprompted Snapshot of every open session.
     pub snapshot_interval: Duration,
-    /// An IPv6 address the device stopped answering for is dropped from its record once the
-    /// device has been heard this long after the address last was.
+    /// An IPv6 address the device stopped vouching for is dropped from its record this long
+    /// after it last did, provided the device was heard since (see `core`).
     pub ipv6_expire_after: Duration,
     /// At most one flip-flop note per contested address per this interval.
     pub conflict_note_interval: Duration,
@@ -60,7 +60,7 @@ impl CoreConfig {
             offline_after_misses: registry.offline_after_misses,
             gone_after: Duration::from_secs(registry.gone_after_secs),
             snapshot_interval: Duration::from_secs(publish.snapshot_interval_secs),
-            ipv6_expire_after: Duration::from_secs(300),
+            ipv6_expire_after: Duration::from_secs(registry.ipv6_expire_after_secs),
             conflict_note_interval: Duration::from_secs(300),
             max_ipv6_per_device: 16,
             own_macs,
@@ -181,6 +181,8 @@ impl Timers {
         at_or_before(now, probe_phase(session, self.probe_ms), self.probe_ms)
     }
 
+    /// Per session, for tests; the core asks its phase index (`index`) instead.
+    #[cfg(test)]
     pub fn next_round(&self, session: SessionId, now: i64) -> i64 {
         next_after(now, probe_phase(session, self.probe_ms), self.probe_ms)
     }
@@ -194,12 +196,22 @@ impl Timers {
         )
     }
 
+    #[cfg(test)]
     pub fn next_snapshot_slot(&self, session: SessionId, now: i64) -> i64 {
         next_after(
             now,
             snapshot_phase(session, self.snapshot_ms),
             self.snapshot_ms,
         )
+    }
+
+    /// The session's place in the probe interval: its rounds fall at `phase + k * probe_ms`.
+    pub fn probe_phase(&self, session: SessionId) -> i64 {
+        probe_phase(session, self.probe_ms)
+    }
+
+    pub fn snapshot_phase(&self, session: SessionId) -> i64 {
+        snapshot_phase(session, self.snapshot_ms)
     }
 }
 
@@ -233,7 +245,7 @@ fn at_or_before(t: i64, phase: i64, period: i64) -> i64 {
 }
 
 /// The first grid point `phase + k * period` strictly after `t`.
-fn next_after(t: i64, phase: i64, period: i64) -> i64 {
+pub(crate) fn next_after(t: i64, phase: i64, period: i64) -> i64 {
     clamp(i128::from(at_or_before(t, phase, period)) + i128::from(period.max(1)))
 }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rae_proto::{DeviceRecord, SessionId, Text};
+use rae_proto::{DeviceRecord, Liveness, SessionId, Text};
 
 use super::observation::{ArpKind, DhcpMessage, ObservationKind};
 use super::schedule::Timers;
@@ -17,15 +17,19 @@ pub struct RestoredSession {
     pub record: DeviceRecord,
 }
 
-/// What an observation says about the device's IPv4 address.
+/// What an observation says about an address of the device, which concerns the other
+/// sessions holding it too (`conflict`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ipv4Claim {
-    /// The device itself uses the address (ARP sender, DHCP ciaddr, a probe answer).
+pub(crate) enum Claim {
+    /// The device itself uses the IPv4 address (ARP sender, DHCP ciaddr, a probe answer).
     Uses(Ipv4Addr),
     /// The DHCP server gave the device the address: it is no one else's any more.
     Assigned(Ipv4Addr),
     /// The device released the address (DHCP RELEASE).
     Released(Ipv4Addr),
+    /// The device vouched for the IPv6 address (an NS from it, the target of its NA or of its
+    /// DAD probe, a probe answer), already added to its record; `new` when it was not there.
+    Vouches { ip: Ipv6Addr, new: bool },
 }
 
 /// The core's state of one open session. `record` is the current record: the last
@@ -104,14 +108,74 @@ impl Session {
         self.seq
     }
 
-    /// Takes in what `kind` says about the device, except its IPv4 address, which concerns
-    /// other sessions too and is returned for the core to settle. `at` is when it was seen.
-    pub fn absorb(
+    /// The common frame, taken in without the copy of the record that a Delta needs: an
+    /// online device proves it is alive and at most vouches for an address that is its
+    /// alone and already in its record. Returns `None`, having changed nothing, when the
+    /// observation may change more than `last_seen_ms`, the probe RTT and when an address
+    /// was heard ([`Session::absorb`] then takes it in); else whether `last_seen_ms` moved.
+    /// `sole` tells whether an address is held by this device alone.
+    pub fn refresh(
         &mut self,
         kind: &ObservationKind,
         at: i64,
         timers: &Timers,
-    ) -> Option<Ipv4Claim> {
+        sole: impl Fn(IpAddr) -> bool,
+    ) -> Option<bool> {
+        if self.record.reachability.state != Liveness::Online {
+            return None;
+        }
+        let ipv4 = self.record.ipv4;
+        let holds_v4 = |ip: &Ipv4Addr| ipv4 == Some(*ip) && sole(IpAddr::V4(*ip));
+        let holds_v6 = |ip: &Ipv6Addr| self.ipv6_heard.contains_key(ip) && sole(IpAddr::V6(*ip));
+        let (vouched, rtt) = match kind {
+            ObservationKind::Arp {
+                kind: ArpKind::Probe,
+                ..
+            }
+            | ObservationKind::Arp { ip: None, .. }
+            | ObservationKind::Ndp { ip: None, .. }
+            | ObservationKind::Mdns { .. }
+            | ObservationKind::Ssdp { .. } => (None, None),
+            ObservationKind::Arp { ip: Some(ip), .. } if holds_v4(ip) => (None, None),
+            ObservationKind::Ndp { ip: Some(ip), .. } if holds_v6(ip) => (Some(*ip), None),
+            ObservationKind::ProbeReply {
+                ip: IpAddr::V4(ip),
+                rtt_us,
+            } if holds_v4(ip) => (None, Some(*rtt_us)),
+            ObservationKind::ProbeReply {
+                ip: IpAddr::V6(ip),
+                rtt_us,
+            } if holds_v6(ip) => (Some(*ip), Some(*rtt_us)),
+            _ => return None,
+        };
+        let seen = self.record.last_seen_ms.max(at);
+        // `absorb` would drop the addresses the new last_seen leaves unheard for too long.
+        let ages = self.ipv6_heard.iter().any(|(ip, heard)| {
+            let heard = if Some(*ip) == vouched {
+                (*heard).max(at)
+            } else {
+                *heard
+            };
+            seen.saturating_sub(heard) > timers.ipv6_expire_ms
+        });
+        if ages {
+            return None;
+        }
+        if let Some(heard) = vouched.and_then(|ip| self.ipv6_heard.get_mut(&ip)) {
+            *heard = (*heard).max(at);
+        }
+        if rtt.is_some() {
+            self.record.reachability.rtt_us = rtt;
+        }
+        let moved = seen != self.record.last_seen_ms;
+        self.record.last_seen_ms = seen;
+        Some(moved)
+    }
+
+    /// Takes in what `kind` says about the device. The address it claims concerns other
+    /// sessions too and is returned for the core to settle (an IPv6 address is in the record
+    /// already, an IPv4 one not yet). `at` is when it was seen.
+    pub fn absorb(&mut self, kind: &ObservationKind, at: i64, timers: &Timers) -> Option<Claim> {
         if kind.evidence().is_some() && at > self.record.last_seen_ms {
             self.record.last_seen_ms = at;
         }
@@ -131,25 +195,23 @@ impl Session {
                     self.record.dhcp_param_request_list.clone_from(list);
                 }
                 claim = match (dhcp.message, dhcp.ciaddr) {
-                    (DhcpMessage::Release, Some(ip)) => Some(Ipv4Claim::Released(ip)),
-                    (DhcpMessage::Request | DhcpMessage::Inform, Some(ip)) => {
-                        Some(Ipv4Claim::Uses(ip))
-                    }
+                    (DhcpMessage::Release, Some(ip)) => Some(Claim::Released(ip)),
+                    (DhcpMessage::Request | DhcpMessage::Inform, Some(ip)) => Some(Claim::Uses(ip)),
                     _ => None,
                 };
             }
-            ObservationKind::DhcpAck { ip } => claim = Some(Ipv4Claim::Assigned(*ip)),
+            ObservationKind::DhcpAck { ip } => claim = Some(Claim::Assigned(*ip)),
             ObservationKind::Arp { ip: Some(ip), kind } if *kind != ArpKind::Probe => {
-                claim = Some(Ipv4Claim::Uses(*ip));
+                claim = Some(Claim::Uses(*ip));
             }
             ObservationKind::Arp { .. } => {}
-            ObservationKind::Ndp { ip: Some(ip), .. } => self.heard_ipv6(*ip, at, timers),
+            ObservationKind::Ndp { ip: Some(ip), .. } => claim = self.heard_ipv6(*ip, at, timers),
             ObservationKind::Ndp { ip: None, .. } => {}
             ObservationKind::ProbeReply { ip, rtt_us } => {
                 self.record.reachability.rtt_us = Some(*rtt_us);
                 match ip {
-                    IpAddr::V4(ip) => claim = Some(Ipv4Claim::Uses(*ip)),
-                    IpAddr::V6(ip) => self.heard_ipv6(*ip, at, timers),
+                    IpAddr::V4(ip) => claim = Some(Claim::Uses(*ip)),
+                    IpAddr::V6(ip) => claim = self.heard_ipv6(*ip, at, timers),
                 }
             }
             ObservationKind::Mdns { .. } | ObservationKind::Ssdp { .. } => {}
@@ -185,7 +247,8 @@ impl Session {
         claim
     }
 
-    fn heard_ipv6(&mut self, ip: Ipv6Addr, at: i64, timers: &Timers) {
+    fn heard_ipv6(&mut self, ip: Ipv6Addr, at: i64, timers: &Timers) -> Option<Claim> {
+        let new = !self.ipv6_heard.contains_key(&ip);
         let heard = self.ipv6_heard.entry(ip).or_insert(at);
         *heard = (*heard).max(at);
         while self.ipv6_heard.len() > timers.max_ipv6 {
@@ -200,6 +263,73 @@ impl Session {
                 None => break,
             };
         }
+        Some(Claim::Vouches { ip, new })
+    }
+
+    /// When the next IPv6 address ages out: `ipv6_expire_after` after it was last vouched
+    /// for, counted only for addresses the device was heard without since (a silent device
+    /// keeps them all: its silence says nothing about any one address).
+    pub fn ipv6_age_at(&self, timers: &Timers) -> Option<i64> {
+        let seen = self.record.last_seen_ms;
+        self.ipv6_heard
+            .values()
+            .filter(|heard| **heard < seen)
+            .min()
+            .map(|heard| {
+                heard
+                    .saturating_add(timers.ipv6_expire_ms)
+                    .saturating_add(1)
+            })
+    }
+
+    /// The earliest time at which the core has to look at this session again by itself: it
+    /// is gone, goes offline or an IPv6 address ages out. Probe rounds and Snapshot slots
+    /// are not in it: they sit on the session's fixed grid (`schedule`).
+    pub fn expiry_at(&self, timers: &Timers) -> i64 {
+        let heard = self.record.last_seen_ms;
+        let mut at = timers.gone_at(heard);
+        if self.record.reachability.state == Liveness::Online {
+            at = at.min(timers.offline_at(self.id, heard));
+        }
+        if let Some(age) = self.ipv6_age_at(timers) {
+            at = at.min(age);
+        }
+        at
+    }
+
+    /// Drops the IPv6 addresses that have aged out by `now` (see [`Session::ipv6_age_at`]);
+    /// returns them.
+    pub fn age_ipv6(&mut self, now: i64, timers: &Timers) -> Vec<Ipv6Addr> {
+        let seen = self.record.last_seen_ms;
+        let aged: Vec<Ipv6Addr> = self
+            .ipv6_heard
+            .iter()
+            .filter(|(_, heard)| {
+                **heard < seen
+                    && i128::from(now) - i128::from(**heard) > i128::from(timers.ipv6_expire_ms)
+            })
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in &aged {
+            self.ipv6_heard.remove(ip);
+        }
+        self.sync_ipv6_list();
+        aged
+    }
+
+    /// Takes `ip` off the record: another device took it over.
+    pub fn forget_ipv6(&mut self, ip: Ipv6Addr) {
+        if self.ipv6_heard.remove(&ip).is_some() {
+            self.sync_ipv6_list();
+        }
+    }
+
+    fn sync_ipv6_list(&mut self) {
+        if self.record.ipv6.len() != self.ipv6_heard.len()
+            || !self.record.ipv6.iter().eq(self.ipv6_heard.keys())
+        {
+            self.record.ipv6 = self.ipv6_heard.keys().copied().collect();
+        }
     }
 
     /// Drops the IPv6 addresses the device has gone on without for `ipv6_expire_after`. An
@@ -208,11 +338,7 @@ impl Session {
         let now = self.record.last_seen_ms;
         self.ipv6_heard
             .retain(|_, heard| now.saturating_sub(*heard) <= timers.ipv6_expire_ms);
-        if self.record.ipv6.len() != self.ipv6_heard.len()
-            || !self.record.ipv6.iter().eq(self.ipv6_heard.keys())
-        {
-            self.record.ipv6 = self.ipv6_heard.keys().copied().collect();
-        }
+        self.sync_ipv6_list();
     }
 }
 
