@@ -32,6 +32,21 @@ pub struct StoreThreadOptions {
     pub commit: CommitPolicy,
 }
 
+impl StoreThreadOptions {
+    /// The defaults with the configured commit policy (`[publish] commit_*`).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let publish = &config.publish;
+        StoreThreadOptions {
+            commit: CommitPolicy {
+                adaptive: publish.commit_adaptive,
+                max_delay: std::time::Duration::from_millis(publish.commit_max_delay_ms),
+                ..CommitPolicy::default()
+            },
+            ..StoreThreadOptions::default()
+        }
+    }
+}
+
 impl Default for StoreThreadOptions {
     fn default() -> Self {
         StoreThreadOptions {
