@@ -1,7 +1,8 @@
 //! The agent's configuration: `/etc/rae-agent/config.toml`, overridden by command-line flags.
 //!
 //! Every table rejects unknown keys, so a typo is an error at start-up rather than a
-//! default silently taking its place. Durations are whole seconds in keys ending `_secs`.
+//! default silently taking its place. Durations are whole seconds in keys ending `_secs`,
+//! milliseconds in keys ending `_ms`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,14 @@ pub struct PublishConfig {
     /// Over this many bytes of unsent events, a session's pending Deltas collapse into a Snapshot.
     #[serde(default = "default_outbox_max_bytes")]
     pub outbox_max_bytes: u64,
+    /// Quiet events are committed (and published) at once, events under load share a commit
+    /// (one fsync) for up to `commit_max_delay_ms`; `false`: every event waits that long (a
+    /// fixed batch: fewer flash writes, slower detection).
+    #[serde(default = "default_true")]
+    pub commit_adaptive: bool,
+    /// Longest wait of an event for its commit.
+    #[serde(default = "default_commit_max_delay_ms")]
+    pub commit_max_delay_ms: u64,
 }
 
 impl Default for PublishConfig {
@@ -121,6 +130,8 @@ impl Default for PublishConfig {
             snapshot_interval_secs: default_snapshot_interval_secs(),
             inventory_interval_secs: default_inventory_interval_secs(),
             outbox_max_bytes: default_outbox_max_bytes(),
+            commit_adaptive: true,
+            commit_max_delay_ms: default_commit_max_delay_ms(),
         }
     }
 }
@@ -220,6 +231,9 @@ fn default_inventory_interval_secs() -> u64 {
 }
 fn default_outbox_max_bytes() -> u64 {
     16 * 1024 * 1024
+}
+fn default_commit_max_delay_ms() -> u64 {
+    100
 }
 fn default_probes_per_sec() -> u32 {
     200
@@ -390,6 +404,12 @@ impl Config {
                 format!("{} is below the minimum of 65536", p.outbox_max_bytes),
             );
         }
+        if !(1..=10_000).contains(&p.commit_max_delay_ms) {
+            return invalid(
+                "publish.commit_max_delay_ms",
+                format!("{} is not in 1..=10000", p.commit_max_delay_ms),
+            );
+        }
         let pr = &self.probe;
         if pr.max_per_sec == 0 {
             return invalid("probe.max_per_sec", "must be at least 1".into());
@@ -491,6 +511,16 @@ impl fmt::Display for Config {
             "publish             snapshots every {} s, inventory every {} s, outbox quota {} bytes",
             p.snapshot_interval_secs, p.inventory_interval_secs, p.outbox_max_bytes
         )?;
+        writeln!(
+            f,
+            "store commits       {}, events wait at most {} ms",
+            if p.commit_adaptive {
+                "adaptive (quiet: at once)"
+            } else {
+                "fixed batch"
+            },
+            p.commit_max_delay_ms
+        )?;
         let pr = &self.probe;
         let onoff = |on: bool, secs: u64| {
             if on {
@@ -550,6 +580,18 @@ mod tests {
         assert_eq!(config.registry.ipv6_expire_after_secs, 1800);
         assert_eq!(config.agent.state_dir, Path::new("/var/lib/rae-agent"));
         assert_eq!(config.log.format, LogFormat::Text);
+        assert!(config.publish.commit_adaptive);
+        assert_eq!(config.publish.commit_max_delay_ms, 100);
+    }
+
+    #[test]
+    fn the_commit_policy_comes_from_the_publish_table() {
+        let text =
+            format!("{MINIMAL}\n[publish]\ncommit_adaptive = false\ncommit_max_delay_ms = 250\n");
+        let config = parse_valid(&text).expect("valid");
+        let commit = crate::store::StoreThreadOptions::from_config(&config).commit;
+        assert!(!commit.adaptive);
+        assert_eq!(commit.max_delay, std::time::Duration::from_millis(250));
     }
 
     #[test]
@@ -630,6 +672,10 @@ mod tests {
         expect_invalid(
             &format!("{MINIMAL}\n[publish]\noutbox_max_bytes = 10\n"),
             "publish.outbox_max_bytes",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[publish]\ncommit_max_delay_ms = 0\n"),
+            "publish.commit_max_delay_ms",
         );
         expect_invalid(&format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level");
     }

@@ -10,7 +10,8 @@
 //!   mode, each on free loopback ports with its own state directory.
 //! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab
 //!   processes; [`mqtt_watch`]: a subscriber standing in for the cloud.
-//! - [`procstat`]: CPU time and memory of a process from `/proc`, for the benchmarks.
+//! - [`procstat`]: a process's CPU time, memory and writes, and the machine's softirq time, from
+//!   `/proc`, for the benchmarks.
 //!
 //! Everything is removed when its guard drops (on panic too), and `labdir::sweep_stale`
 //! removes what a crashed run left behind.

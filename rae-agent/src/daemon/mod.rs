@@ -115,7 +115,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         &own_macs,
     );
 
-    let (store, store_thread) = StoreHandle::spawn(store, serial, StoreThreadOptions::default())?;
+    let (store, store_thread) =
+        StoreHandle::spawn(store, serial, StoreThreadOptions::from_config(&config))?;
 
     let (inventory_tx, inventory_rx) = watch::channel(engine.inventory());
     let (pub_status_tx, pub_status_rx) = watch::channel(PublisherStatus::default());

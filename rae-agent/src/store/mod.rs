@@ -8,7 +8,8 @@
 //! - `outbox.rs`: the publisher's drain API (peek in order, ack after PUBACK, stats) and the
 //!   byte quota, enforced by coalescing a session's pending events into one Snapshot.
 //! - [`quota`]: the pure coalescing policy; [`CommitBatcher`] (`batch.rs`): the pure grouped
-//!   commit policy (`now` is an argument).
+//!   commit policy (`now` is an argument): a quiet event commits at once, events under load
+//!   are batched for a hold-off that grows up to [`CommitPolicy::max_delay`].
 //! - `apply.rs`: the pure rules that turn a Change into a session update, a history entry and
 //!   an encoded event; shared by [`Store`] and its in-memory twin [`MemoryStore`].
 //! - [`StoreReader`] (`reader.rs`): read-only queries for `raectl` (devices, one device with its
@@ -46,7 +47,7 @@ use rae_proto::{CloseReason, DeviceRecord, Mac, Serial, SessionId};
 use crate::registry::Change;
 
 pub use apply::{describe_field, HistoryKind};
-pub use batch::CommitBatcher;
+pub use batch::{CommitBatcher, CommitPolicy, LastCommit};
 pub use error::{ChangeError, StoreError};
 pub use memory::MemoryStore;
 pub use outbox::{COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET};

@@ -1,18 +1,24 @@
 //! The store thread: owns a [`RegistryStore`] and serves it over a bounded channel, so that
 //! blocking SQLite work never runs on an async worker thread.
 //!
-//! Changes are grouped by a [`CommitBatcher`]; a full channel makes `submit` wait, which is the
-//! back-pressure the registry core feels when the flash is slow. A failed commit stops the
+//! Changes are grouped by a [`CommitBatcher`]: a quiet event is committed at once, events under
+//! load are batched (see its module for the policy). Before each commit the thread takes what
+//! is already queued, so changes that arrived during the previous commit go into the next one.
+//! The policy only moves commits in time: an event is still published only after the commit
+//! that stored it returned, with `synchronous=FULL` (see [`Store`](super::Store)). A full
+//! channel makes `submit` wait, which is the back-pressure the registry core feels when the
+//! flash is slow. A failed commit stops the
 //! thread: it means a bug in the core or a failing disk, and the daemon restarts from what was
 //! committed. Its error comes out of [`StoreThread::finished`]; requests after it get
 //! [`StoreError::ThreadStopped`].
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rae_proto::Serial;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::batch::CommitBatcher;
+use super::batch::{CommitBatcher, CommitPolicy};
 use super::error::StoreError;
 use super::{CommitReport, OutboxRow, OutboxStats, RegistryStore, RestoredSession};
 use crate::registry::Change;
@@ -22,21 +28,30 @@ use crate::registry::Change;
 pub struct StoreThreadOptions {
     /// Requests that may wait in the channel.
     pub channel_capacity: usize,
-    /// Longest wait of an event to publish before its commit.
-    pub max_delay: Duration,
-    /// Longest wait of a local-only change (`Seen`) before its commit.
-    pub local_delay: Duration,
-    /// A batch this large is committed at once.
-    pub max_changes: usize,
+    /// When pending Changes are committed (see [`CommitPolicy`]).
+    pub commit: CommitPolicy,
+}
+
+impl StoreThreadOptions {
+    /// The defaults with the configured commit policy (`[publish] commit_*`).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let publish = &config.publish;
+        StoreThreadOptions {
+            commit: CommitPolicy {
+                adaptive: publish.commit_adaptive,
+                max_delay: std::time::Duration::from_millis(publish.commit_max_delay_ms),
+                ..CommitPolicy::default()
+            },
+            ..StoreThreadOptions::default()
+        }
+    }
 }
 
 impl Default for StoreThreadOptions {
     fn default() -> Self {
         StoreThreadOptions {
             channel_capacity: 1024,
-            max_delay: Duration::from_millis(100),
-            local_delay: Duration::from_secs(2),
-            max_changes: 1000,
+            commit: CommitPolicy::default(),
         }
     }
 }
@@ -118,12 +133,11 @@ impl StoreHandle {
             .enable_time()
             .build()
             .map_err(StoreError::Spawn)?;
-        let batcher =
-            CommitBatcher::new(options.max_delay, options.local_delay, options.max_changes);
         let worker = Worker {
             store,
             serial,
-            batcher,
+            batcher: CommitBatcher::new(options.commit),
+            drain_limit: options.channel_capacity.max(1),
             stats,
             quota_unmet: false,
         };
@@ -210,22 +224,45 @@ struct Worker<S> {
     store: S,
     serial: Serial,
     batcher: CommitBatcher,
+    /// Requests taken from a channel that never empties before a due batch is committed.
+    drain_limit: usize,
     stats: watch::Sender<OutboxStats>,
     quota_unmet: bool,
 }
 
 impl<S: RegistryStore> Worker<S> {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) -> Result<(), StoreError> {
+        // Requests taken since the channel was last empty.
+        let mut drained = 0usize;
         loop {
-            let request = match self.batcher.deadline() {
-                None => requests.recv().await,
-                Some(deadline) => {
-                    let deadline = tokio::time::Instant::from_std(deadline);
-                    match tokio::time::timeout_at(deadline, requests.recv()).await {
-                        Ok(request) => request,
-                        Err(_elapsed) => {
-                            self.flush()?;
-                            continue;
+            // What is already queued (it arrived while the last commit ran) joins the batch
+            // before the policy decides, so one commit takes all of it.
+            let request = match requests.try_recv() {
+                Ok(request) if drained < self.drain_limit || !self.due() => {
+                    drained += 1;
+                    Some(request)
+                }
+                Ok(request) => {
+                    // A channel that never empties must not hold up a due batch.
+                    self.flush()?;
+                    drained = 0;
+                    Some(request)
+                }
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    drained = 0;
+                    if self.due() {
+                        self.flush()?;
+                        continue;
+                    }
+                    match self.batcher.deadline() {
+                        None => requests.recv().await,
+                        Some(deadline) => {
+                            let deadline = tokio::time::Instant::from_std(deadline);
+                            match tokio::time::timeout_at(deadline, requests.recv()).await {
+                                Ok(request) => request,
+                                Err(_elapsed) => continue,
+                            }
                         }
                     }
                 }
@@ -236,9 +273,8 @@ impl<S: RegistryStore> Worker<S> {
             };
             match request {
                 Request::Changes(changes) => {
-                    let now = Instant::now();
-                    self.batcher.push(changes, now);
-                    if self.batcher.is_due(now) {
+                    self.batcher.push(changes, Instant::now());
+                    if self.batcher.is_full() {
                         self.flush()?;
                     }
                 }
@@ -278,6 +314,10 @@ impl<S: RegistryStore> Worker<S> {
         }
     }
 
+    fn due(&self) -> bool {
+        self.batcher.is_due(Instant::now())
+    }
+
     /// Commits the batch; an error ends the thread (see the module documentation).
     fn flush(&mut self) -> Result<Option<CommitReport>, StoreError> {
         if self.batcher.is_empty() {
@@ -287,6 +327,8 @@ impl<S: RegistryStore> Worker<S> {
         let report = self
             .store
             .commit(&changes, &self.serial, crate::wall_ms())?;
+        // The hold-off runs from the end of the commit: its fsync is what it spaces out.
+        self.batcher.committed(Instant::now());
         if !report.coalesced.is_empty() {
             // One line per commit; the history keeps each session's details.
             tracing::warn!(

@@ -2,10 +2,13 @@
 //!
 //! arpwatch runs on the lab bridge in the foreground (`-d`: no fork, reports to stderr instead
 //! of mail; `-Q`: no mail; `-N`: no bogon reports; `-p`: not promiscuous, like the agent),
-//! its database in the lab directory. N DUTs of mixed kinds join (udhcpc, dhclient, static
-//! IPv4, IPv6-only SLAAC) and each pings the bridge. Afterwards: which DUTs each one knows
-//! (arpwatch's `arp.dat`, written when it exits, against `raectl devices`), and the CPU time
-//! each process used over the same window.
+//! its database in the lab directory. N DUTs join and each pings the bridge once a second for
+//! T seconds: the `mixed` LAN (udhcpc, dhclient, static IPv4, IPv6-only SLAAC in turn, so every
+//! fourth DUT is invisible to an ARP watcher by construction) or the `v4` mix arpwatch can see
+//! (udhcpc, dhclient, static IPv4 only). Afterwards: which DUTs each one knows (arpwatch's
+//! `arp.dat`, written when it exits, against `raectl devices`), and the CPU each process used
+//! over the same window, in clock ticks (utime+stime) and in nanoseconds on the CPU
+//! (`schedstat`), since a few ticks say little.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -18,14 +21,36 @@ use rae_proto::Mac;
 use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, LabConfig};
 
 use crate::bed::{Bed, Guarded};
-use rae_tests::procstat::cpu_time;
+use rae_tests::procstat::{cpu_time, on_cpu};
 
 const MAX_DUTS: usize = 40;
-/// How long the DUTs talk (one ping a second each to the bridge) after they joined.
-const TALK_SECS: u64 = 30;
 
-fn kind_for(i: usize, lab: &rae_tests::netlab::Lab) -> (&'static str, DutKind) {
-    match i % 4 {
+/// Which DUTs join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// udhcpc, dhclient, static IPv4, IPv6-only SLAAC in turn.
+    Mixed,
+    /// udhcpc, dhclient, static IPv4 in turn: all visible to ARP.
+    V4,
+}
+
+impl std::str::FromStr for Mix {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Mix> {
+        match s {
+            "mixed" => Ok(Mix::Mixed),
+            "v4" => Ok(Mix::V4),
+            other => bail!("--mix {other:?}: mixed or v4"),
+        }
+    }
+}
+
+fn kind_for(i: usize, mix: Mix, lab: &rae_tests::netlab::Lab) -> (&'static str, DutKind) {
+    let turn = match mix {
+        Mix::Mixed => i % 4,
+        Mix::V4 => i % 3,
+    };
+    match turn {
         0 => (
             "udhcpc",
             DutKind::Udhcpc {
@@ -99,9 +124,17 @@ fn has_packet_socket(pid: u32) -> bool {
     })
 }
 
-pub fn run(agent_bin: &Path, n: usize) -> Result<()> {
+/// Utime+stime and time on the CPU.
+fn cpu(pid: u32) -> Result<(std::time::Duration, std::time::Duration)> {
+    Ok((cpu_time(pid)?, on_cpu(pid)?))
+}
+
+pub fn run(agent_bin: &Path, n: usize, mix: Mix, talk_secs: u64) -> Result<()> {
     if !(1..=MAX_DUTS).contains(&n) {
         bail!("--duts must be 1..={MAX_DUTS}");
+    }
+    if !(1..=600).contains(&talk_secs) {
+        bail!("--seconds must be 1..=600");
     }
     let mut bed = Bed::start(agent_bin, 600, LabConfig::default())?;
     let dat = bed.lab.dir().join("arp.dat");
@@ -124,14 +157,14 @@ pub fn run(agent_bin: &Path, n: usize) -> Result<()> {
         },
     )?;
     let (agent_pid, t0) = (bed.agent.pid(), Instant::now());
-    let (agent_cpu0, aw_cpu0) = (cpu_time(agent_pid)?, cpu_time(aw_pid)?);
+    let (agent_cpu0, aw_cpu0) = (cpu(agent_pid)?, cpu(aw_pid)?);
     println!(
-        "arpwatch pid {aw_pid} on {}; {n} DUTs joining",
+        "arpwatch pid {aw_pid} on {}; {n} DUTs joining ({mix:?} mix)",
         bed.lab.bridge_name()
     );
     let mut duts: Vec<(&str, Dut)> = Vec::new();
     for i in 0..n {
-        let (kind, spec) = kind_for(i, &bed.lab);
+        let (kind, spec) = kind_for(i, mix, &bed.lab);
         let dut = bed
             .lab
             .add_dut(DutSpec::new(&format!("aw{i}-{kind}"), spec))
@@ -146,18 +179,18 @@ pub fn run(agent_bin: &Path, n: usize) -> Result<()> {
         println!("  {} {} joined and pinged {router}", dut.name(), dut.mac());
         duts.push((kind, dut));
     }
-    println!("all joined; each pings the bridge once a second for {TALK_SECS} s");
+    println!("all joined; each pings the bridge once a second for {talk_secs} s");
     let mut pings = Vec::new();
     for (kind, dut) in &duts {
         let router = match *kind {
             "slaac" => bed.lab.router_v6().to_string(),
             _ => bed.lab.router_v4().to_string(),
         };
-        let count = TALK_SECS.to_string();
+        let count = talk_secs.to_string();
         pings.push(dut.spawn(["ping", "-q", "-i", "1", "-c", &count, &router])?);
     }
     for ping in &mut pings {
-        ping.wait_exit(Duration::from_secs(TALK_SECS + 15))?;
+        ping.wait_exit(Duration::from_secs(talk_secs + 15))?;
     }
     let macs: Vec<Mac> = duts.iter().map(|(_, d)| Mac(d.mac().0)).collect();
     let spec = bed.spec.clone();
@@ -179,7 +212,7 @@ pub fn run(agent_bin: &Path, n: usize) -> Result<()> {
         },
     )?;
     arpwatch.ensure_running()?;
-    let (agent_cpu1, aw_cpu1, wall) = (cpu_time(agent_pid)?, cpu_time(aw_pid)?, t0.elapsed());
+    let (agent_cpu1, aw_cpu1, wall) = (cpu(agent_pid)?, cpu(aw_pid)?, t0.elapsed());
     // arpwatch writes its database when it exits.
     arpwatch.terminate(Duration::from_secs(10))?;
     let found_by_arpwatch = arp_dat(&dat)?;
@@ -220,16 +253,23 @@ pub fn run(agent_bin: &Path, n: usize) -> Result<()> {
          bridge's own address changes MAC as DUTs join): {}",
         others.join("; ")
     );
-    let (agent_cpu, aw_cpu) = (
-        agent_cpu1.saturating_sub(agent_cpu0),
-        aw_cpu1.saturating_sub(aw_cpu0),
+    let secs = |d: std::time::Duration| d.as_secs_f64();
+    let (agent_ticks, aw_ticks) = (
+        secs(agent_cpu1.0.saturating_sub(agent_cpu0.0)),
+        secs(aw_cpu1.0.saturating_sub(aw_cpu0.0)),
+    );
+    let (agent_ns, aw_ns) = (
+        secs(agent_cpu1.1.saturating_sub(agent_cpu0.1)),
+        secs(aw_cpu1.1.saturating_sub(aw_cpu0.1)),
     );
     println!(
-        "CPU over the same {:.1} s: agent {:.3} s, arpwatch {:.3} s (agent/arpwatch {:.1}x)",
+        "CPU over the same {:.1} s: ticks agent {agent_ticks:.3} s, arpwatch {aw_ticks:.3} s; \
+         on CPU agent {agent_ns:.4} s ({:.3} % of a core), arpwatch {aw_ns:.4} s ({:.3} %), \
+         agent/arpwatch {:.2}x",
         wall.as_secs_f64(),
-        agent_cpu.as_secs_f64(),
-        aw_cpu.as_secs_f64(),
-        agent_cpu.as_secs_f64() / aw_cpu.as_secs_f64().max(0.01)
+        100.0 * agent_ns / wall.as_secs_f64(),
+        100.0 * aw_ns / wall.as_secs_f64(),
+        agent_ns / aw_ns.max(1e-6)
     );
     println!("(the agent also probes each device every 10 s, publishes to MQTT and writes SQLite)");
     drop(duts);

@@ -108,6 +108,9 @@ impl Drop for Guarded {
 /// the lab (and with it the agent's state directory) last.
 pub struct Bed {
     pub agent: Guarded,
+    /// Whether `agent` is running (see [`Bed::stop_agent`]).
+    pub agent_running: bool,
+    agent_bin: PathBuf,
     pub watch: MqttWatch,
     pub spec: AgentSpec,
     /// Kept for its lifetime: the agent and the subscriber talk to it.
@@ -148,6 +151,8 @@ impl Bed {
         );
         Ok(Bed {
             agent,
+            agent_running: true,
+            agent_bin: agent_bin.to_path_buf(),
             watch,
             spec,
             _broker: broker,
@@ -157,6 +162,24 @@ impl Bed {
 
     pub fn devices(&self) -> Result<BTreeSet<Mac>> {
         devices(&self.spec)
+    }
+
+    /// Stops the agent (SIGTERM, as systemd would): the LAN without it, for a baseline.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        if self.agent_running {
+            self.agent.terminate(Duration::from_secs(20))?;
+            self.agent_running = false;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again on its state directory; returns once it is `online`.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if !self.agent_running {
+            self.agent = start_agent(&self.agent_bin, &self.spec, &self.watch)?;
+            self.agent_running = true;
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,9 @@
 //! carries the ACKed address. The agent opens the session on the DISCOVER (the device
 //! speaking), so the Snapshot usually comes before the ACK; the ACK's effect is the event
 //! that carries the address.
+//!
+//! Over the whole run: what the agent wrote (`/proc/<pid>/io`) per event the subscriber
+//! received, the flash cost of events that come one at a time.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -22,6 +25,7 @@ use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig, MacAddr};
 
 use crate::bed::{summary, Bed, WAIT};
 use crate::sniff::DhcpSniffer;
+use rae_tests::procstat::writes;
 
 /// DUT namespaces reused for the joins.
 const POOL: usize = 4;
@@ -96,6 +100,7 @@ pub fn run(agent_bin: &Path, joins: usize) -> Result<()> {
     let (mut ack_to_ip, mut disc_to_snap, mut ack_to_snap, mut disc_to_ack) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
+    let writes0 = writes(bed.agent.pid())?;
     for j in 0..joins {
         let mac = Mac([0x02, 0xb0, slot, 0x00, (j >> 8) as u8, (j & 0xff) as u8]);
         let since = Instant::now();
@@ -148,6 +153,13 @@ pub fn run(agent_bin: &Path, joins: usize) -> Result<()> {
         disc_to_ack.push(row.3);
     }
     let took = started.elapsed();
+    let written = writes(bed.agent.pid())?.since(writes0);
+    let events = bed
+        .watch
+        .messages()
+        .iter()
+        .filter(|m| m.at >= started && m.event().is_some())
+        .count() as u64;
     println!(
         "\n{joins} joins in {:.0} s; DHCP messages seen on the bridge: {}",
         took.as_secs_f64(),
@@ -169,5 +181,6 @@ pub fn run(agent_bin: &Path, joins: usize) -> Result<()> {
         "(context) DISCOVER -> ACK, dnsmasq's own time:               {}",
         summary(&disc_to_ack)
     );
+    println!("agent writes over the joins: {}", written.per_event(events));
     Ok(())
 }

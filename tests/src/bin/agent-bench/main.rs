@@ -4,12 +4,16 @@
 //! - `latency --joins N`: N DHCP joins (a new MAC each); per join, the DISCOVER and ACK on the
 //!   wire (kernel receive timestamps on the lab bridge) against the first Snapshot and the
 //!   first event carrying the leased address at an MQTT subscriber.
-//! - `rss --devices N`: the agent's VmRSS/VmHWM idle and with N devices (one DUT plus N-1
-//!   devices whose ARP announcements and neighbour solicitations it sends from N-1 MACs).
-//! - `cpu --seconds S`: the agent's CPU time over S seconds idle, during iperf3 between two
-//!   DUTs, and during iperf3 from a DUT to the bridge's own address; with its capture counters.
-//! - `arpwatch --duts N`: Debian's arpwatch beside the agent while N DUTs of mixed kinds join
-//!   and talk: devices each one found, and the CPU time of each.
+//! - `rss --devices N1,N2,..`: the agent's VmRSS/VmHWM idle, warm (two devices: the one-time
+//!   costs) and at each count (one DUT plus the devices whose ARP announcements and neighbour
+//!   solicitations it sends from as many MACs), the slope per device between counts, and the
+//!   agent's writes per event.
+//! - `cpu --seconds S --repeat R`: iperf3 from a DUT to the bridge and between two DUTs, each
+//!   S seconds with and without the agent, R rounds in alternating order: iperf3's throughput,
+//!   the machine's softirq time, the agent's CPU time and the frames it read.
+//! - `arpwatch --duts N --mix mixed|v4 --seconds T`: Debian's arpwatch beside the agent while
+//!   N DUTs join and talk for T seconds (the mixed LAN, or the IPv4-only mix arpwatch can see):
+//!   devices each one found, and the CPU time of each.
 //!
 //! The agent is the release build by default (`target/release/rae-agent`, which
 //! `cargo build --release -p rae-agent` makes); `--agent-bin PATH` picks another.
@@ -33,16 +37,31 @@ use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options]
   latency  [--joins N]     DHCP ACK on the wire -> Snapshot at a subscriber (default 100)
-  rss      [--devices N]   agent RSS idle and with N devices (default 256)
-  cpu      [--seconds S]   agent CPU idle and under iperf3 bulk traffic (default 20)
-  arpwatch [--duts N]      arpwatch beside the agent, N mixed DUTs (default 8)
+  rss      [--devices N1,N2]  agent RSS warm and at each device count, slope per device
+                           (default 256,1024)
+  cpu      [--seconds S] [--repeat R]
+                           iperf3 bulk traffic with and without the agent: throughput,
+                           softirq, agent CPU (default 20 s windows, 3 rounds)
+  arpwatch [--duts N] [--mix mixed|v4] [--seconds T]
+                           arpwatch beside the agent, N DUTs talking T s (default 8, mixed, 60)
   --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
 
 enum Command {
-    Latency { joins: usize },
-    Rss { devices: usize },
-    Cpu { seconds: u64 },
-    Arpwatch { duts: usize },
+    Latency {
+        joins: usize,
+    },
+    Rss {
+        devices: Vec<usize>,
+    },
+    Cpu {
+        seconds: u64,
+        repeat: usize,
+    },
+    Arpwatch {
+        duts: usize,
+        mix: arpwatch::Mix,
+        seconds: u64,
+    },
 }
 
 struct Args {
@@ -84,13 +103,43 @@ fn parse_args() -> Result<Args> {
                 ))
             }
             ("latency", None) => command = Some(Command::Latency { joins: 100 }),
-            ("rss", None) => command = Some(Command::Rss { devices: 256 }),
-            ("cpu", None) => command = Some(Command::Cpu { seconds: 20 }),
-            ("arpwatch", None) => command = Some(Command::Arpwatch { duts: 8 }),
+            ("rss", None) => {
+                command = Some(Command::Rss {
+                    devices: vec![256, 1024],
+                })
+            }
+            ("cpu", None) => {
+                command = Some(Command::Cpu {
+                    seconds: 20,
+                    repeat: 3,
+                })
+            }
+            ("arpwatch", None) => {
+                command = Some(Command::Arpwatch {
+                    duts: 8,
+                    mix: arpwatch::Mix::Mixed,
+                    seconds: 60,
+                })
+            }
             ("--joins", Some(Command::Latency { joins })) => *joins = number(&arg, it.next())?,
-            ("--devices", Some(Command::Rss { devices })) => *devices = number(&arg, it.next())?,
-            ("--seconds", Some(Command::Cpu { seconds })) => *seconds = number(&arg, it.next())?,
-            ("--duts", Some(Command::Arpwatch { duts })) => *duts = number(&arg, it.next())?,
+            ("--devices", Some(Command::Rss { devices })) => {
+                let list = it.next().context("--devices needs counts, e.g. 256,1024")?;
+                *devices = list
+                    .split(',')
+                    .map(|n| number(&arg, Some(n.to_owned())))
+                    .collect::<Result<_>>()?;
+            }
+            ("--seconds", Some(Command::Cpu { seconds, .. })) => {
+                *seconds = number(&arg, it.next())?
+            }
+            ("--repeat", Some(Command::Cpu { repeat, .. })) => *repeat = number(&arg, it.next())?,
+            ("--duts", Some(Command::Arpwatch { duts, .. })) => *duts = number(&arg, it.next())?,
+            ("--mix", Some(Command::Arpwatch { mix, .. })) => {
+                *mix = it.next().context("--mix needs mixed or v4")?.parse()?
+            }
+            ("--seconds", Some(Command::Arpwatch { seconds, .. })) => {
+                *seconds = number(&arg, it.next())?
+            }
             (other, _) => bail!("unexpected argument {other:?}\n{USAGE}"),
         }
     }
@@ -116,8 +165,8 @@ fn run() -> Result<()> {
     println!("agent binary: {}", agent_bin.display());
     match args.command {
         Command::Latency { joins } => latency::run(&agent_bin, joins),
-        Command::Rss { devices } => rss::run(&agent_bin, devices),
-        Command::Cpu { seconds } => cpu::run(&agent_bin, seconds),
-        Command::Arpwatch { duts } => arpwatch::run(&agent_bin, duts),
+        Command::Rss { devices } => rss::run(&agent_bin, &devices),
+        Command::Cpu { seconds, repeat } => cpu::run(&agent_bin, seconds, repeat),
+        Command::Arpwatch { duts, mix, seconds } => arpwatch::run(&agent_bin, duts, mix, seconds),
     }
 }

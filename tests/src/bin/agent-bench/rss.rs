@@ -1,4 +1,5 @@
-//! `rss`: the agent's memory idle and with N devices.
+//! `rss`: the agent's memory idle, warm (two devices) and at each of several device counts,
+//! with the slope per device between counts, and what the agent wrote per event meanwhile.
 //!
 //! One static DUT is a device itself and sends, through its port, an ARP announcement from
 //! each of N-1 more MACs (a /24 has room for 238 of them beside the DUT) and a neighbour
@@ -12,12 +13,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rae_proto::{Event, Mac};
+use rae_proto::Mac;
 use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig};
 
 use crate::bed::Bed;
 use crate::inject::{arp_announcement, neighbour_solicitation, Injector};
-use rae_tests::procstat::{memory, Memory};
+use rae_tests::procstat::{memory, writes, Memory};
 
 /// Addresses .12..=.249 of the /24 for injected devices; the DUT has .2.
 const V4_FIRST_HOST: usize = 12;
@@ -45,53 +46,19 @@ fn sample(pid: u32, what: &str, window: Duration) -> Result<Memory> {
     Ok(last)
 }
 
-pub fn run(agent_bin: &Path, devices: usize) -> Result<()> {
-    if !(2..=MAX_DEVICES).contains(&devices) {
-        bail!("--devices must be 2..={MAX_DEVICES}");
-    }
-    let mut bed = Bed::start(agent_bin, 3600, LabConfig::default())?;
-    let pid = bed.agent.pid();
-    let idle = sample(pid, "idle, 0 devices, after 5 s", Duration::from_secs(5))?;
-
-    let slot = (bed.lab.slot() & 0xff) as u8;
-    let dut_ip = bed.lab.net().host_v4(2);
-    let dut = bed
-        .lab
-        .add_dut(DutSpec::new("injector", DutKind::StaticV4 { addr: dut_ip }))
-        .context("adding the injector DUT")?;
-    // A static address alone sends nothing: one ping makes the DUT speak (ARP) like a device.
-    dut.ping(std::net::IpAddr::V4(bed.lab.router_v4()))
-        .context("pinging the bridge from the injector DUT")?;
-    let injector = Injector::open(dut.ns_name(), "eth0")?;
-    let (prefix, _) = bed.lab.prefix_v6();
-    let router_v6 = bed.lab.router_v6();
-    let frames: Vec<(Mac, Vec<u8>)> = (0..devices - 1)
-        .map(|k| {
-            let mac = device_mac(slot, k);
-            let frame = if k < V4_DEVICES {
-                let host = u8::try_from(V4_FIRST_HOST + k).unwrap_or(u8::MAX);
-                arp_announcement(mac, bed.lab.net().host_v4(host))
-            } else {
-                let ip = Ipv6Addr::from(u128::from(prefix) | (0xb000 + k as u128));
-                neighbour_solicitation(mac, ip, router_v6)
-            };
-            (mac, frame)
-        })
-        .collect();
-    let mut wanted: Vec<Mac> = frames.iter().map(|(m, _)| *m).collect();
-    wanted.push(Mac(dut.mac().0));
-    println!(
-        "sending announcements from {} MACs through DUT {} ({} by ARP, {} by IPv6 NS)",
-        frames.len(),
-        dut.name(),
-        frames.len().min(V4_DEVICES),
-        frames.len().saturating_sub(V4_DEVICES)
-    );
+/// Sends `frames` until `raectl devices` lists every MAC in `wanted`; returns the listing size.
+fn announce(
+    bed: &mut Bed,
+    injector: &Injector,
+    frames: &[(Mac, Vec<u8>)],
+    wanted: &[Mac],
+) -> Result<usize> {
     let started = Instant::now();
     let mut last_send: Option<Instant> = None;
+    let total = wanted.len();
     let listed = wait_until(
-        format!("`raectl devices` listing all {devices} devices"),
-        Duration::from_secs(120),
+        format!("`raectl devices` listing all {total} devices"),
+        Duration::from_secs(180),
         || {
             bed.agent
                 .ensure_running()
@@ -119,44 +86,122 @@ pub fn run(agent_bin: &Path, devices: usize) -> Result<()> {
                 last_send = Some(Instant::now());
             }
             Ok(Err(format!(
-                "{} of {devices} listed",
-                devices - missing.len()
+                "{} of {total} listed",
+                total - wanted.iter().filter(|m| !seen.contains(m)).count()
             )))
         },
     )?;
     println!(
-        "all {devices} devices listed by `raectl devices --json` after {:.1} s ({listed} open sessions in all)",
+        "all {total} devices listed by `raectl devices --json` after {:.1} s ({listed} open sessions in all)",
         started.elapsed().as_secs_f64()
     );
-    let snapshots = |bed: &Bed| {
-        bed.watch
-            .events()
-            .iter()
-            .filter(|e| matches!(e.event, Event::Snapshot { .. }))
-            .map(|e| e.session)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    };
-    let full = memory(pid)?;
-    println!("with {devices} devices, just listed: {full}");
-    // Three probe rounds (10 s each) without answers take the injected devices offline: the
-    // steady state of a registry that holds many sessions.
-    let steady = sample(pid, "with the devices, 40 s later", Duration::from_secs(40))?;
-    let db = bed.spec.database();
-    let db_size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    Ok(listed)
+}
+
+/// Events the subscriber received since `since`.
+fn events_since(bed: &Bed, since: Instant) -> u64 {
+    bed.watch
+        .messages()
+        .iter()
+        .filter(|m| m.at >= since && m.event().is_some())
+        .count() as u64
+}
+
+pub fn run(agent_bin: &Path, counts: &[usize]) -> Result<()> {
+    let mut counts = counts.to_vec();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.is_empty() || counts.iter().any(|n| !(3..=MAX_DEVICES).contains(n)) {
+        bail!("--devices takes counts in 3..={MAX_DEVICES}, e.g. 256,1024");
+    }
+    let mut bed = Bed::start(agent_bin, 3600, LabConfig::default())?;
+    let pid = bed.agent.pid();
+    let idle = sample(pid, "idle, 0 devices, after 5 s", Duration::from_secs(5))?;
+
+    let slot = (bed.lab.slot() & 0xff) as u8;
+    let dut_ip = bed.lab.net().host_v4(2);
+    let dut = bed
+        .lab
+        .add_dut(DutSpec::new("injector", DutKind::StaticV4 { addr: dut_ip }))
+        .context("adding the injector DUT")?;
+    // A static address alone sends nothing: one ping makes the DUT speak (ARP) like a device.
+    dut.ping(std::net::IpAddr::V4(bed.lab.router_v4()))
+        .context("pinging the bridge from the injector DUT")?;
+    let injector = Injector::open(dut.ns_name(), "eth0")?;
+    let (prefix, _) = bed.lab.prefix_v6();
+    let router_v6 = bed.lab.router_v6();
+    let max = counts.last().copied().unwrap_or(3);
+    let frames: Vec<(Mac, Vec<u8>)> = (0..max - 1)
+        .map(|k| {
+            let mac = device_mac(slot, k);
+            let frame = if k < V4_DEVICES {
+                let host = u8::try_from(V4_FIRST_HOST + k).unwrap_or(u8::MAX);
+                arp_announcement(mac, bed.lab.net().host_v4(host))
+            } else {
+                let ip = Ipv6Addr::from(u128::from(prefix) | (0xb000 + k as u128));
+                neighbour_solicitation(mac, ip, router_v6)
+            };
+            (mac, frame)
+        })
+        .collect();
+    let mut wanted: Vec<Mac> = vec![Mac(dut.mac().0)];
+
+    // Warm-up: the DUT and one injected device with a registered OUI, so the one-time costs
+    // (the OUI table inflated on the first lookup, SQLite's page cache, the MQTT buffers) are
+    // in the baseline and not in the per-device slope.
+    wanted.push(frames[0].0);
+    announce(&mut bed, &injector, &frames[..1], &wanted)?;
+    let warm = sample(pid, "warm, 2 devices, after 15 s", Duration::from_secs(15))?;
+
+    let mut steps: Vec<(usize, rae_tests::procstat::Memory)> = vec![(2, warm)];
+    for &n in &counts {
+        let from = wanted.len();
+        wanted.extend(frames[from - 1..n - 1].iter().map(|(m, _)| *m));
+        println!(
+            "sending announcements from {} more MACs through DUT {} (up to {n} devices; {} by ARP, {} by IPv6 NS in all)",
+            n - from,
+            dut.name(),
+            (n - 1).min(V4_DEVICES),
+            (n - 1).saturating_sub(V4_DEVICES)
+        );
+        let (since, writes0) = (Instant::now(), writes(pid)?);
+        announce(&mut bed, &injector, &frames[from - 1..n - 1], &wanted)?;
+        println!("with {n} devices, just listed: {}", memory(pid)?);
+        // Three probe rounds (10 s each) without answers take the injected devices offline:
+        // the steady state of a registry that holds many sessions.
+        let steady = sample(
+            pid,
+            &format!("with {n} devices, 40 s later"),
+            Duration::from_secs(40),
+        )?;
+        let written = writes(pid)?.since(writes0);
+        println!(
+            "agent writes for devices {from}..{n} (joins, then offline after 3 missed probes): {}",
+            written.per_event(events_since(&bed, since))
+        );
+        steps.push((n, steady));
+    }
+    let db_size = std::fs::metadata(bed.spec.database())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("registry.db {:.1} KiB", db_size as f64 / 1024.0);
+
+    let mib = |m: &rae_tests::procstat::Memory| m.rss_kib as f64 / 1024.0;
     println!(
-        "sessions with a Snapshot at the broker: {}; registry.db {:.1} KiB",
-        snapshots(&bed),
-        db_size as f64 / 1024.0
-    );
-    println!(
-        "\nRSS idle {:.2} MiB -> {devices} devices {:.2} MiB (+{:.2} MiB, {:.1} KiB per device); VmHWM {:.2} MiB",
+        "\nRSS idle {:.2} MiB, warm (2 devices) {:.2} MiB",
         idle.rss_kib as f64 / 1024.0,
-        steady.rss_kib as f64 / 1024.0,
-        (steady.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
-        (steady.rss_kib as f64 - idle.rss_kib as f64) / devices as f64,
-        steady.hwm_kib as f64 / 1024.0
+        mib(&warm)
     );
+    for pair in steps.windows(2) {
+        let ((n0, m0), (n1, m1)) = (&pair[0], &pair[1]);
+        println!(
+            "RSS {n0} -> {n1} devices: {:.2} -> {:.2} MiB, slope {:.2} KiB per device; VmHWM {:.2} MiB",
+            mib(m0),
+            mib(m1),
+            (m1.rss_kib as f64 - m0.rss_kib as f64) / (*n1 - *n0) as f64,
+            m1.hwm_kib as f64 / 1024.0
+        );
+    }
     drop(dut);
     Ok(())
 }
