@@ -369,6 +369,21 @@ fn two_duts_claiming_one_ipv6_address_are_recorded_as_a_conflict() {
         .unwrap_or_else(|e| panic!("{e}\nagent log tail:\n{}", agent.log_tail()));
     }
 
+    // The note names the address for what it is: an operator reading `ipv4=` would look
+    // for an IPv4 conflict.
+    for dut in [&first, &second] {
+        let rows = conflict_rows(&show_json(&bed.spec, dut.mac()));
+        let mislabelled: Vec<&String> = rows
+            .iter()
+            .filter(|r| r.contains(&format!("ipv4={shared}")))
+            .collect();
+        assert!(
+            mislabelled.is_empty(),
+            "{}'s conflict notes call {shared} an IPv4 address: {mislabelled:?}",
+            dut.mac()
+        );
+    }
+
     // Both live devices keep the address in their records: neither takes it from the
     // other, at the subscriber and in the database.
     let events: Vec<Envelope> = bed.watch.events();
