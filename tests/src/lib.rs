@@ -5,7 +5,8 @@
 //!   from crashed runs (everything a lab creates carries the `rae-lab` / `rlab` prefix).
 //! - `netlab`: a bridge with dnsmasq (DHCPv4 from 198.18.0.0/15, router advertisements
 //!   for a prefix from 2001:db8::/32) and DUTs as network namespaces on veth pairs
-//!   running real clients (udhcpc, dhclient, static IPv4, IPv6 SLAAC).
+//!   running real clients (udhcpc, dhclient, static IPv4, IPv6 SLAAC or static, with or
+//!   without Duplicate Address Detection), and tcpdump records of a DUT's bridge port.
 //! - `services`: mosquitto, PostgreSQL (SERIALIZABLE by default) and Apache Kafka in KRaft
 //!   mode, each on free loopback ports with its own state directory.
 //! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab

@@ -577,6 +577,7 @@ fn show_duts(lab: &Lab, duts: &[Dut]) -> Result<()> {
             DutKind::Dhclient { .. } => "dhclient",
             DutKind::StaticV4 { .. } => "static",
             DutKind::Slaac => "slaac",
+            DutKind::StaticV6 { .. } => "static6",
         };
         let ipv4 = dut
             .ipv4()?

@@ -13,11 +13,13 @@ use nix::sys::signal::Signal;
 
 use super::client::{self, in_ns, Identity, DUT_IF};
 use super::error::{LabError, Result};
+use super::ipv6::{self, Ipv6AddrState};
 use super::mac::MacAddr;
 use super::process::LabProcess;
 use super::sys::{
     addresses, ip, ip_json, output, ping_once, run, tool, v4_in, wait_until, write_sysctls,
 };
+use super::wire::WireRecord;
 use super::{delete_link, delete_netns, link_state, slot, DutRecord, LabInner, LinkState};
 use crate::sweep::pid_in_netns;
 
@@ -44,11 +46,19 @@ pub enum DutKind {
     StaticV4 { addr: Ipv4Addr },
     /// IPv6 only: no IPv4 address, a SLAAC address from the lab's prefix.
     Slaac,
+    /// IPv6 only: a fixed address inside the lab's /64 and no SLAAC (router
+    /// advertisements ignored), the prefix on-link; no IPv4 address.
+    StaticV6 { addr: Ipv6Addr },
 }
 
 impl DutKind {
     fn is_dhcp(&self) -> bool {
         matches!(self, DutKind::Udhcpc { .. } | DutKind::Dhclient { .. })
+    }
+
+    /// The kinds without IPv4, whose `eth0` always does IPv6.
+    pub fn is_ipv6_only(&self) -> bool {
+        matches!(self, DutKind::Slaac | DutKind::StaticV6 { .. })
     }
 }
 
@@ -60,20 +70,43 @@ pub struct DutSpec {
     pub kind: DutKind,
     /// `None`: a locally administered MAC derived from the lab slot and DUT index.
     pub mac: Option<MacAddr>,
-    /// Whether `eth0` does IPv6 (link-local and SLAAC). Always on for [`DutKind::Slaac`];
+    /// Whether `eth0` does IPv6 (link-local and SLAAC). Always on for the IPv6-only kinds;
     /// off by default for the IPv4 kinds so their traffic is IPv4 only.
     pub ipv6: bool,
+    /// Duplicate Address Detection and neighbour discovery as the kernel does them by
+    /// default: one DAD probe (a Neighbor Solicitation from `::` for the tentative
+    /// address, RFC 4862 5.4) before each IPv6 address is used, and no unsolicited
+    /// Neighbor Advertisements. Every IPv6 address then shows on the wire first in its DAD
+    /// probe, and the DUT volunteers nothing else about an address it does not send from.
+    /// Off by default: the lab skips DAD so DUTs are ready at once, and announces
+    /// addresses (unsolicited NAs) when a DUT's MAC or link changes.
+    pub dad: bool,
+    /// Record the DUT's bridge port with tcpdump from before `eth0` comes up
+    /// ([`Dut::take_wire_record`]).
+    pub record_wire: bool,
 }
 
 impl DutSpec {
     pub fn new(name: &str, kind: DutKind) -> DutSpec {
-        let ipv6 = kind == DutKind::Slaac;
+        let ipv6 = kind.is_ipv6_only();
         DutSpec {
             name: name.to_string(),
             kind,
             mac: None,
             ipv6,
+            dad: false,
+            record_wire: false,
         }
+    }
+
+    pub fn with_dad(mut self, on: bool) -> DutSpec {
+        self.dad = on;
+        self
+    }
+
+    pub fn with_wire_record(mut self) -> DutSpec {
+        self.record_wire = true;
+        self
     }
 
     pub fn with_mac(mut self, mac: MacAddr) -> DutSpec {
@@ -82,7 +115,7 @@ impl DutSpec {
     }
 
     pub fn with_ipv6(mut self, on: bool) -> DutSpec {
-        self.ipv6 = on || self.kind == DutKind::Slaac;
+        self.ipv6 = on || self.kind.is_ipv6_only();
         self
     }
 
@@ -104,8 +137,10 @@ impl DutSpec {
         if let Some(mac) = self.mac {
             validate_mac(mac)?;
         }
-        if let DutKind::StaticV4 { addr } = self.kind {
-            validate_static(lab, addr)?;
+        match self.kind {
+            DutKind::StaticV4 { addr } => validate_static(lab, addr)?,
+            DutKind::StaticV6 { addr } => ipv6::validate_static(&lab.net, addr)?,
+            _ => {}
         }
         Ok(())
     }
@@ -145,8 +180,10 @@ pub struct Dut {
     host_link: String,
     kind: DutKind,
     ipv6: bool,
+    dad: bool,
     mac: MacAddr,
     client: Option<LabProcess>,
+    wire: Option<WireRecord>,
     dir: PathBuf,
     etc_netns: PathBuf,
     spawned: AtomicU32,
@@ -169,29 +206,32 @@ impl Dut {
                 why: "the lab already has a DUT with this name",
             });
         }
-        let slaac = spec.kind == DutKind::Slaac;
+        let ipv6_only = spec.kind.is_ipv6_only();
         // From here on, dropping `dut` undoes whatever part of the setup happened.
         let mut dut = Dut {
             name: spec.name,
             host_link: record.host_link,
             kind: spec.kind,
-            ipv6: spec.ipv6 || slaac,
+            ipv6: spec.ipv6 || ipv6_only,
+            dad: spec.dad,
             mac: spec.mac.unwrap_or_else(|| MacAddr::for_dut(slot, index)),
             client: None,
+            wire: None,
             dir: lab.dir.path().join(format!("dut-{index}")),
             etc_netns: Path::new("/etc/netns").join(&ns),
             ns,
             spawned: AtomicU32::new(0),
             lab,
         };
-        dut.plug_in()?;
+        dut.plug_in(spec.record_wire)?;
         dut.start_client(None)?;
         dut.wait_configured(None)?;
         Ok(dut)
     }
 
-    /// Creates the namespace and the veth pair and applies the static configuration.
-    fn plug_in(&mut self) -> Result<()> {
+    /// Creates the namespace and the veth pair, starts the wire record if asked, and
+    /// applies the static configuration.
+    fn plug_in(&mut self, record_wire: bool) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| LabError::io("creating a DUT directory", &self.dir, e))?;
         ip(None, &["netns", "add", &self.ns])?;
@@ -206,18 +246,33 @@ impl Dut {
         )
         .map_err(|e| LabError::io("writing the namespace's resolv.conf", &resolv, e))?;
         let ipv6_off = if self.ipv6 { "0" } else { "1" };
-        // Set as defaults before eth0 exists, so it starts with them: no DAD delay, quick
-        // router solicitations, and announcements when its MAC or link changes.
+        // DAD on: accept_dad 1 with one probe (the kernel's defaults); DAD is then the
+        // only way an address the DUT does not send from reaches the wire, so nothing
+        // announces addresses (ndisc_notify 0, also the kernel's default).
+        let (accept_dad, notify) = if self.dad { ("1", "0") } else { ("0", "1") };
+        // A static IPv6 DUT ignores the lab's router advertisements: no SLAAC address
+        // beside its own, so it sends from that one.
+        let accept_ra = if matches!(self.kind, DutKind::StaticV6 { .. }) {
+            "0"
+        } else {
+            "1"
+        };
+        // Set as defaults before eth0 exists, so it starts with them: no DAD delay (unless
+        // asked for), quick router solicitations, and announcements when its MAC or link
+        // changes.
         write_sysctls(
             Some(&self.ns),
             &[
-                ("net/ipv6/conf/all/accept_dad".to_string(), "0"),
-                ("net/ipv6/conf/default/accept_dad".to_string(), "0"),
+                ("net/ipv6/conf/all/accept_dad".to_string(), accept_dad),
+                ("net/ipv6/conf/default/accept_dad".to_string(), accept_dad),
+                ("net/ipv6/conf/default/dad_transmits".to_string(), "1"),
+                ("net/ipv6/conf/default/accept_ra".to_string(), accept_ra),
                 (
                     "net/ipv6/conf/default/router_solicitation_interval".to_string(),
                     "1",
                 ),
-                ("net/ipv6/conf/default/ndisc_notify".to_string(), "1"),
+                ("net/ipv6/conf/all/ndisc_notify".to_string(), notify),
+                ("net/ipv6/conf/default/ndisc_notify".to_string(), notify),
                 ("net/ipv6/conf/default/disable_ipv6".to_string(), ipv6_off),
                 ("net/ipv4/conf/all/arp_notify".to_string(), "1"),
                 ("net/ipv4/conf/default/arp_notify".to_string(), "1"),
@@ -260,11 +315,38 @@ impl Dut {
                 "up",
             ],
         )?;
+        if record_wire {
+            // The port is up (without carrier) while eth0 is still down: tcpdump can bind
+            // to it now and sees the DUT's very first frame.
+            self.wire = Some(WireRecord::start(
+                &self.host_link,
+                &self.dir.join("wire.pcap"),
+                self.dir.join("tcpdump.log"),
+                self.lab.config.ready_timeout,
+            )?);
+        }
         ip(Some(&self.ns), &["link", "set", "lo", "up"])?;
         ip(Some(&self.ns), &["link", "set", DUT_IF, "up"])?;
-        if let DutKind::StaticV4 { addr } = self.kind {
-            self.apply_static(addr)?;
+        match self.kind {
+            DutKind::StaticV4 { addr } => self.apply_static(addr)?,
+            DutKind::StaticV6 { addr } => self.apply_static_v6(addr)?,
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// Adds the static IPv6 address. With DAD off it is added `nodad`, usable at once,
+    /// as on a device whose stack skips DAD: it uses the address even if another device
+    /// has it. With DAD on, the kernel probes first and gives the address up if another
+    /// device answers.
+    fn apply_static_v6(&self, addr: Ipv6Addr) -> Result<()> {
+        let (_, len) = self.lab.net.prefix_v6();
+        let cidr = format!("{addr}/{len}");
+        let mut args = vec!["-6", "addr", "replace", &cidr, "dev", DUT_IF];
+        if !self.dad {
+            args.push("nodad");
+        }
+        ip(Some(&self.ns), &args)?;
         Ok(())
     }
 
@@ -310,7 +392,9 @@ impl Dut {
                 vendor_class: vendor_class.as_deref(),
                 client_id: None,
             },
-            DutKind::StaticV4 { .. } | DutKind::Slaac => Identity::default(),
+            DutKind::StaticV4 { .. } | DutKind::Slaac | DutKind::StaticV6 { .. } => {
+                Identity::default()
+            }
         }
     }
 
@@ -321,7 +405,7 @@ impl Dut {
             DutKind::Dhclient { .. } => {
                 client::start_dhclient(&self.ns, &self.dir, &id, requested)?
             }
-            DutKind::StaticV4 { .. } | DutKind::Slaac => return Ok(()),
+            DutKind::StaticV4 { .. } | DutKind::Slaac | DutKind::StaticV6 { .. } => return Ok(()),
         };
         self.client = Some(process);
         Ok(())
@@ -346,18 +430,22 @@ impl Dut {
                 })
             })?;
         }
-        if self.ipv6 {
-            wait_until(
-                format!("DUT {} getting a SLAAC address", self.name),
-                timeout,
-                || {
-                    Ok(self
-                        .slaac_addr()?
-                        .ok_or_else(|| format!("eth0 has IPv6 {:?}", self.ipv6_addrs())))
-                },
-            )?;
+        if let DutKind::StaticV6 { addr } = self.kind {
+            self.wait_ipv6_usable(&format!("its static address {addr}"), |s| s.addr == addr)?;
+        } else if self.ipv6 {
+            let net = &self.lab.net;
+            self.wait_ipv6_usable("a SLAAC address", |s| net.contains(IpAddr::V6(s.addr)))?;
         }
         Ok(())
+    }
+
+    /// Waits until `eth0` has an address matching `wanted` that DAD (if on) has
+    /// passed; an address whose DAD failed ends the wait at once.
+    fn wait_ipv6_usable(&self, what: &str, wanted: impl Fn(&Ipv6AddrState) -> bool) -> Result<()> {
+        let timeout = self.lab.config.ready_timeout;
+        wait_until(format!("DUT {} getting {what}", self.name), timeout, || {
+            ipv6::dad_outcome(&self.ipv6_states()?, &wanted)
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -418,12 +506,45 @@ impl Dut {
             .collect())
     }
 
-    /// The address `eth0` configured from the lab's advertised prefix.
+    /// Every IPv6 address on `eth0` now with its DAD state.
+    pub fn ipv6_states(&self) -> Result<Vec<Ipv6AddrState>> {
+        let json = ip_json(Some(&self.ns), &["-6", "addr", "show", "dev", DUT_IF])?;
+        Ok(ipv6::states(&json))
+    }
+
+    /// The usable address `eth0` has from the lab's prefix (for [`DutKind::Slaac`] the
+    /// one it configured from the advertised prefix, for [`DutKind::StaticV6`] its own).
     pub fn slaac_addr(&self) -> Result<Option<Ipv6Addr>> {
         Ok(self
-            .ipv6_addrs()?
+            .ipv6_states()?
             .into_iter()
-            .find(|a| self.lab.net.contains(IpAddr::V6(*a))))
+            .find(|s| s.usable() && self.lab.net.contains(IpAddr::V6(s.addr)))
+            .map(|s| s.addr))
+    }
+
+    /// The usable link-local address of `eth0`.
+    pub fn link_local_v6(&self) -> Result<Option<Ipv6Addr>> {
+        Ok(self
+            .ipv6_states()?
+            .into_iter()
+            .find(|s| s.usable() && ipv6::is_link_local(s.addr))
+            .map(|s| s.addr))
+    }
+
+    /// One ping (one-second wait) to the lab router's link-local address, the one its
+    /// router advertisements come from. The kernel picks the DUT's link-local address as
+    /// the source (same scope as the destination, RFC 6724 rule 2), and resolves the
+    /// router with a solicitation from that address too: nothing leaves from a global
+    /// address.
+    pub fn ping_router_link_local(&self) -> Result<bool> {
+        let router = ipv6::bridge_link_local(&self.lab.net)?;
+        ipv6::ping_link_local(&self.ns, DUT_IF, router)
+    }
+
+    /// The wire record started with [`DutSpec::with_wire_record`]; call
+    /// [`WireRecord::finish`] on it to stop it and read the frames.
+    pub fn take_wire_record(&mut self) -> Option<WireRecord> {
+        self.wire.take()
     }
 
     /// State of `eth0` inside the namespace (no carrier while unplugged).
@@ -460,7 +581,7 @@ impl Dut {
                 }
                 self.start_client(None)?;
             }
-            DutKind::StaticV4 { .. } | DutKind::Slaac => {}
+            DutKind::StaticV4 { .. } | DutKind::Slaac | DutKind::StaticV6 { .. } => {}
         }
         Ok(())
     }
@@ -485,10 +606,15 @@ impl Dut {
         )?;
         self.mac = mac;
         ip(Some(&self.ns), &["link", "set", DUT_IF, "up"])?;
-        if let DutKind::StaticV4 { addr } = self.kind {
-            // Link down took the default route with it.
-            self.apply_static(addr)?;
-            self.announce_ipv4(addr)?;
+        match self.kind {
+            DutKind::StaticV4 { addr } => {
+                // Link down took the default route with it.
+                self.apply_static(addr)?;
+                self.announce_ipv4(addr)?;
+            }
+            // Link down flushed the address (keep_addr_on_down is off).
+            DutKind::StaticV6 { addr } => self.apply_static_v6(addr)?,
+            _ => {}
         }
         self.start_client(None)?;
         self.wait_configured(None)
@@ -521,10 +647,10 @@ impl Dut {
     /// An IPv6-only DUT has no IPv4 to change.
     pub fn set_ipv4(&mut self, addr: Ipv4Addr) -> Result<()> {
         match self.kind {
-            DutKind::Slaac => Err(LabError::Invalid {
+            DutKind::Slaac | DutKind::StaticV6 { .. } => Err(LabError::Invalid {
                 what: "IPv4 change",
                 value: addr.to_string(),
-                why: "an IPv6-only (SLAAC) DUT has no IPv4 address",
+                why: "an IPv6-only DUT has no IPv4 address",
             }),
             DutKind::StaticV4 { .. } => {
                 validate_static(&self.lab, addr)?;
@@ -630,6 +756,8 @@ impl Dut {
     fn tear_down(&mut self) -> Vec<String> {
         let mut failures = Vec::new();
         drop(self.client.take());
+        // Before its link goes, so tcpdump does not log the interface vanishing.
+        drop(self.wire.take());
         let ns_path = Path::new("/run/netns").join(&self.ns);
         if ns_path.exists() {
             failures.extend(crate::sweep::kill_netns_processes(&self.ns));

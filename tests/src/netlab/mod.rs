@@ -8,6 +8,11 @@
 //! remove what they created when dropped, on panic too; `Lab::start` first sweeps what
 //! crashed runs left behind. Labs in parallel threads or processes get different slots.
 //!
+//! DUTs run DHCP clients, static IPv4, SLAAC or static IPv6, optionally with Duplicate
+//! Address Detection as the kernel does it by default; a DUT's bridge port can be
+//! recorded with tcpdump from before it comes up ([`WireRecord`]), to check what it really
+//! sent.
+//!
 //! Limitations: needs root; DUTs use `ip netns exec`, so their processes see the host's
 //! filesystem (with their own `/etc/resolv.conf` from `/etc/netns/<ns>/`).
 
@@ -16,10 +21,12 @@ mod dnsmasq;
 mod dut;
 mod error;
 mod footprint;
+mod ipv6;
 mod mac;
 mod process;
 pub mod slot;
 mod sys;
+mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -31,9 +38,11 @@ pub use dnsmasq::{parse_leases, Lease};
 pub use dut::{Dut, DutKind, DutSpec};
 pub use error::{LabError, Result};
 pub use footprint::Footprint;
+pub use ipv6::Ipv6AddrState;
 pub use mac::MacAddr;
 pub use process::LabProcess;
 pub use sys::{is_lab_address, wait_until};
+pub use wire::{Ipv6Frame, Wire, WireFrame, WireRecord};
 
 use crate::labdir::OwnedDir;
 use dnsmasq::Dnsmasq;
@@ -111,6 +120,12 @@ impl LabNet {
     /// The bridge's global IPv6 address, `2001:db8:N::1`.
     pub fn router_v6(&self) -> Ipv6Addr {
         Ipv6Addr::new(0x2001, 0xdb8, self.slot, 0, 0, 0, 0, 1)
+    }
+
+    /// `2001:db8:N::<host>`, e.g. for a static IPv6 DUT (SLAAC interface ids come from
+    /// MACs, far from these).
+    pub fn host_v6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, self.slot, 0, 0, 0, 0, host)
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
