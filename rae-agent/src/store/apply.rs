@@ -281,6 +281,8 @@ pub(crate) fn apply_change(
             let state = open_session(current, *session)?;
             check_mac(&state, *mac)?;
             let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+            // The same `field=value` labels as the record's own fields.
+            let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
             Ok(Applied {
                 history: Some(HistoryEntry {
                     session: *session,
@@ -288,7 +290,11 @@ pub(crate) fn apply_change(
                     at_ms: cause.at_ms,
                     kind: HistoryKind::Conflict,
                     summary: cause.summary.clone(),
-                    fields: format!("{}: ipv4={ip} others={}", kind.as_str(), others.join(",")),
+                    fields: format!(
+                        "{}: {family}={ip} others={}",
+                        kind.as_str(),
+                        others.join(",")
+                    ),
                 }),
                 state,
                 is_new: false,
