@@ -503,8 +503,12 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "probes              every {} s, offline after {} misses, gone after {} s",
-            r.probe_interval_secs, r.offline_after_misses, r.gone_after_secs
+            "probes              every {} s, offline after {} misses, gone after {} s, \
+             unseen IPv6 addresses dropped after {} s",
+            r.probe_interval_secs,
+            r.offline_after_misses,
+            r.gone_after_secs,
+            r.ipv6_expire_after_secs
         )?;
         writeln!(
             f,

@@ -8,9 +8,12 @@
 //!   reason. It is the crate rae-wire, re-exported: the parsers build (and are fuzzed) without
 //!   this crate's dependencies; everything here that touches a socket, file or clock stays here.
 //! - [`registry`]: the sans-IO registry core: Observations in, Changes out (sessions, seq,
-//!   reachability with hysteresis, conflicts, OUI vendor); time and session ids are arguments.
+//!   reachability with hysteresis, IPv4 and IPv6 conflicts, IPv6 addresses from DAD probes and
+//!   NS/NA with ageing, OUI vendor); time and session ids are arguments. A deadline queue and
+//!   indexes keep `tick`, `due_probes` and lookups at O(log n) per item, not per session.
 //! - [`store`]: the only owner of the SQLite connection: registry rows, bounded history, the
-//!   transactional outbox with its byte quota, and the read-only reader `raectl` uses.
+//!   transactional outbox with its byte quota, an adaptive commit (a quiet change commits at
+//!   once, batching only under load), and the read-only reader `raectl` uses.
 //! - [`publish`]: the only owner of the MQTT connection: drains the outbox at QoS 1, deleting a
 //!   row only after its PUBACK; retained status with a Last Will; the inventory.
 //! - [`probe`]: liveness (unicast ARP requests and Neighbor Solicitations, rate-limited in
