@@ -2,7 +2,8 @@
 //! per session and leave the outbox only once acknowledged; the retained status says `online`,
 //! the Last Will says `offline` when the agent dies and a clean shutdown leaves `offline`; a
 //! broker outage loses nothing; a broker that refuses the devices topic (ACL, reason 0x87)
-//! leaves the rows in the outbox; the inventory carries the sessions it is given.
+//! leaves the rows in the outbox; rows nobody subscribed to (0x10) leave it and are counted; the
+//! inventory carries the sessions it is given.
 //!
 //! Needs root (mosquitto runs as its own system user) and the mosquitto package.
 
@@ -721,4 +722,44 @@ async fn tls_settings_are_refused_not_ignored() {
         }
         other => panic!("expected the TLS refusal, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_nobody_subscribed_to_leave_the_outbox_and_are_counted() {
+    let broker = Mosquitto::start().unwrap();
+    let outbox = Outbox::open();
+    let mut agent = Agent::start(settings(&broker), &outbox);
+
+    // Nobody subscribes to the devices topic yet: mosquitto acks with 0x10.
+    let (mut devices, opened): (Vec<_>, Vec<_>) = (1..=3).map(Device::open).unzip();
+    outbox.commit(opened).await;
+    outbox.wait_rows("no rows left", |s| s.rows == 0).await;
+    let status = agent
+        .wait_status("3 rows acknowledged", |s| s.acked == 3)
+        .await;
+    assert_eq!(status.no_subscribers, 3, "{status:?}");
+    assert_eq!(status.refused, 0, "0x10 is a success: {status:?}");
+
+    // With a subscriber the count stops growing and the events arrive.
+    let mut sub = Subscriber::start(&broker, "sink", devices_filter(), None, false).await;
+    let before = Device::expected(&devices);
+    outbox.commit(Device::updates(&mut devices, 1)).await;
+    let expected: BTreeSet<_> = Device::expected(&devices)
+        .difference(&before)
+        .copied()
+        .collect();
+    sub.wait_for("the 3 events committed with a subscriber", |seen| {
+        all_expected(seen, &expected)
+    })
+    .await;
+    let status = agent
+        .wait_status("6 rows acknowledged", |s| s.acked == 6)
+        .await;
+    assert_eq!(status.no_subscribers, 3, "{status:?}");
+    let entries = status.entries();
+    assert!(
+        entries.contains(&("publish.no_subscribers".to_owned(), "3".to_owned())),
+        "raectl status shows the count: {entries:?}"
+    );
+    agent.stop().await;
 }

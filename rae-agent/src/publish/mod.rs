@@ -150,6 +150,9 @@ pub struct PublisherStatus {
     pub published: u64,
     /// Outbox rows acknowledged with a success reason code (and deleted).
     pub acked: u64,
+    /// Of `acked`, the rows the broker acknowledged with 0x10 (no matching subscribers): a
+    /// success in MQTT 5, so they are deleted, but nobody was subscribed to receive them.
+    pub no_subscribers: u64,
     /// PUBACKs with a failure reason code, whatever the topic.
     pub refused: u64,
     /// Rows published again: after a reconnect or a refusal.
@@ -176,6 +179,7 @@ impl PublisherStatus {
             ),
             ("publish.published", self.published.to_string()),
             ("publish.acked", self.acked.to_string()),
+            ("publish.no_subscribers", self.no_subscribers.to_string()),
             ("publish.refused", self.refused.to_string()),
             ("publish.resent", self.resent.to_string()),
             ("broker.reconnects", self.reconnects.to_string()),
@@ -318,6 +322,7 @@ mod tests {
                 "broker.last_error",
                 "publish.published",
                 "publish.acked",
+                "publish.no_subscribers",
                 "publish.refused",
                 "publish.resent",
                 "broker.reconnects",

@@ -140,6 +140,8 @@ struct Publisher {
     pause: Pause,
     /// The last refusal logged, per [`Kind`].
     refusals: [Option<PubAckReason>; 3],
+    /// The last device event was acked with 0x10 (no matching subscribers).
+    unheard: bool,
     retry_backoff: Backoff,
     connect_backoff: Backoff,
     /// Rows acknowledged, not yet deleted from the outbox.
@@ -180,6 +182,7 @@ impl Publisher {
             limit,
             pause: Pause::None,
             refusals: [None; 3],
+            unheard: false,
             retry_backoff,
             connect_backoff,
             acks: Vec::new(),
@@ -324,6 +327,7 @@ impl Publisher {
                 Item::Row(id) => {
                     self.acks.push(id);
                     self.status.acked += 1;
+                    self.no_subscribers(ack.reason);
                 }
                 Item::Inventory => self.status.inventories += 1,
                 Item::Status(_) => {}
@@ -347,6 +351,26 @@ impl Publisher {
         }
         if kind == Kind::Devices && self.pause == Pause::None {
             self.pause = Pause::Until(Instant::now() + self.retry_backoff.next_delay());
+        }
+    }
+
+    /// Counts a device event the broker accepted with 0x10 (nobody subscribed, so nobody got
+    /// it) and logs when that starts and stops, not per row.
+    fn no_subscribers(&mut self, reason: PubAckReason) {
+        let unheard = reason == PubAckReason::NoMatchingSubscribers;
+        if unheard {
+            self.status.no_subscribers += 1;
+        }
+        if unheard != self.unheard {
+            self.unheard = unheard;
+            if unheard {
+                tracing::warn!(
+                    "the broker has no subscriber for device events (PUBACK 0x10); they count as \
+                     delivered and leave the outbox, see publish.no_subscribers"
+                );
+            } else {
+                tracing::info!("device events have a subscriber at the broker again");
+            }
         }
     }
 
