@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rae_agent::publish::{self, Credentials, PublishError, PublisherSettings, PublisherStatus};
+use rae_agent::publish::{
+    self, Credentials, Fault, FaultKind, PublishError, PublisherSettings, PublisherStatus,
+};
 use rae_agent::registry::{Cause, Change};
 use rae_agent::store::{OutboxStats, Store, StoreHandle, StoreOptions, StoreThreadOptions};
 use rae_proto::{
@@ -51,6 +53,7 @@ fn settings(broker: &Mosquitto) -> PublisherSettings {
         agent_version: "0.0.0-test".to_owned(),
         tls: None,
         credentials: None,
+        fault: None,
     }
 }
 
@@ -166,16 +169,36 @@ struct Agent {
 
 impl Agent {
     fn start(settings: PublisherSettings, outbox: &Outbox) -> Agent {
+        Agent::spawn(settings, outbox, false)
+    }
+
+    /// Under [`publish::supervise`], as the daemon runs it.
+    fn supervised(settings: PublisherSettings, outbox: &Outbox) -> Agent {
+        Agent::spawn(settings, outbox, true)
+    }
+
+    fn spawn(settings: PublisherSettings, outbox: &Outbox, supervised: bool) -> Agent {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (status_tx, status) = watch::channel(PublisherStatus::default());
         let (inventory, inventory_rx) = watch::channel(Vec::new());
-        let task = tokio::spawn(publish::run(
-            settings,
-            outbox.handle.clone(),
-            inventory_rx,
-            status_tx,
-            shutdown_rx,
-        ));
+        let store = outbox.handle.clone();
+        let task = if supervised {
+            tokio::spawn(publish::supervise(
+                settings,
+                store,
+                inventory_rx,
+                status_tx,
+                shutdown_rx,
+            ))
+        } else {
+            tokio::spawn(publish::run(
+                settings,
+                store,
+                inventory_rx,
+                status_tx,
+                shutdown_rx,
+            ))
+        };
         Agent {
             task,
             shutdown,
@@ -710,17 +733,23 @@ async fn tls_settings_are_refused_not_ignored() {
             key_file: "/etc/rae-agent/key.pem".into(),
         }),
         credentials: None,
+        fault: None,
     };
-    let agent = Agent::start(settings, &outbox);
-    let result = tokio::time::timeout(WAIT, agent.task)
-        .await
-        .unwrap()
-        .unwrap();
-    match result {
-        Err(err @ PublishError::TlsUnsupported { .. }) => {
-            assert!(err.to_string().contains("no TLS support"), "{err}");
+    // The supervisor does not restart what a restart cannot cure: the daemon stops with it.
+    for agent in [
+        Agent::start(settings.clone(), &outbox),
+        Agent::supervised(settings, &outbox),
+    ] {
+        let result = tokio::time::timeout(WAIT, agent.task)
+            .await
+            .unwrap()
+            .unwrap();
+        match result {
+            Err(err @ PublishError::TlsUnsupported { .. }) => {
+                assert!(err.to_string().contains("no TLS support"), "{err}");
+            }
+            other => panic!("expected the TLS refusal, got {other:?}"),
         }
-        other => panic!("expected the TLS refusal, got {other:?}"),
     }
 }
 
@@ -762,4 +791,65 @@ async fn events_nobody_subscribed_to_leave_the_outbox_and_are_counted() {
         "raectl status shows the count: {entries:?}"
     );
     agent.stop().await;
+}
+
+/// The publisher fails after 2 acknowledged rows with rows in flight; the supervisor restarts
+/// it, the restart is counted and shown, the rows in flight go out again and every event
+/// arrives.
+async fn a_failing_publisher_is_restarted(kind: FaultKind) {
+    let broker = Mosquitto::start().unwrap();
+    let outbox = Outbox::open();
+    let mut sub = Subscriber::start(&broker, "sink", devices_filter(), None, false).await;
+    let (mut devices, opened): (Vec<_>, Vec<_>) = (1..=3).map(Device::open).unzip();
+    outbox.commit(opened).await;
+    outbox.commit(Device::updates(&mut devices, 3)).await;
+    assert_eq!(outbox.rows().await, 12);
+
+    let fault = Fault {
+        kind,
+        after_acks: 2,
+    };
+    let mut agent = Agent::supervised(
+        PublisherSettings {
+            fault: Some(fault),
+            ..settings(&broker)
+        },
+        &outbox,
+    );
+    let status = agent.wait_status("one restart", |s| s.restarts == 1).await;
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("publisher restarted:"),
+        "the restart says why: {status:?}"
+    );
+    let expected = Device::expected(&devices);
+    sub.wait_for("all 12 events after the restart", |seen| {
+        all_expected(seen, &expected)
+    })
+    .await;
+    outbox.wait_rows("no rows left", |s| s.rows == 0).await;
+    let status = agent
+        .wait_status("connected again", |s| s.connected && s.acked >= 12)
+        .await;
+    assert_eq!(status.restarts, 1, "the fault fires once: {status:?}");
+    assert!(
+        status.resent > 0,
+        "the rows in flight at the failure were sent again: {status:?}"
+    );
+    let entries = status.entries();
+    assert!(
+        entries.contains(&("publish.restarts".to_owned(), "1".to_owned())),
+        "raectl status shows the restart: {entries:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_fails_with_an_error_is_restarted() {
+    a_failing_publisher_is_restarted(FaultKind::Error).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_panics_is_restarted() {
+    a_failing_publisher_is_restarted(FaultKind::Panic).await;
 }

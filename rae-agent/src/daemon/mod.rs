@@ -76,6 +76,8 @@ pub enum DaemonError {
     Publish(#[from] PublishError),
     #[error("the capture thread stopped on its own")]
     CaptureGone,
+    #[error("the publisher's supervisor stopped on its own: {0}")]
+    PublisherGone(String),
 }
 
 /// Runs the agent until `shutdown` turns true, then stops every part in order: the capture,
@@ -120,8 +122,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 
     let (inventory_tx, inventory_rx) = watch::channel(engine.inventory());
     let (pub_status_tx, pub_status_rx) = watch::channel(PublisherStatus::default());
-    let publisher = tokio::spawn(publish::run(
-        PublisherSettings::from_config(&config)?,
+    let publisher_settings = PublisherSettings {
+        fault: publish::Fault::from_env()?,
+        ..PublisherSettings::from_config(&config)?
+    };
+    // The supervisor restarts a failing publisher itself; if it ends before a shutdown, the
+    // error is one a restart cannot cure and the daemon stops with it (see the loop below).
+    let mut publisher = tokio::spawn(publish::supervise(
+        publisher_settings,
         store.clone(),
         inventory_rx,
         pub_status_tx,
@@ -172,6 +180,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut stop = shutdown.clone();
     let mut batch: Vec<CapturedFrame> = Vec::with_capacity(FRAME_BATCH);
     let mut ssdp_open = ssdp.is_some();
+    let mut publisher_running = true;
     let outcome: Result<(), DaemonError> = loop {
         let now_ms = wall_ms();
         let wake = engine
@@ -184,6 +193,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break Ok(()),
+            ended = &mut publisher, if publisher_running => {
+                publisher_running = false;
+                break match ended {
+                    Ok(Ok(())) => Err(DaemonError::PublisherGone("it returned".to_owned())),
+                    Ok(Err(err)) => Err(err.into()),
+                    Err(join) => Err(DaemonError::PublisherGone(join.to_string())),
+                };
+            }
             n = frames_rx.recv_many(&mut batch, FRAME_BATCH) => {
                 if n == 0 {
                     break Err(DaemonError::CaptureGone);
@@ -256,7 +273,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     }
     let flushed = store.flush().await;
     let _ = store.write_status(entries).await;
-    stop_publisher(publisher).await;
+    if publisher_running {
+        stop_publisher(publisher).await;
+    }
     for task in [ssdp, mdns].into_iter().flatten() {
         task.abort();
     }

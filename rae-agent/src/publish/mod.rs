@@ -8,6 +8,8 @@
 //!   after a backoff; after a reconnect every unacknowledged row is sent again. Retained
 //!   `online` after every CONNACK, retained `offline` as the Last Will and on shutdown, the
 //!   inventory after every connect and every [`PublisherSettings::inventory_interval`].
+//! - [`supervise`] (`supervise.rs`): restarts [`run`] with backoff after an error or a panic
+//!   (counted in `publish.restarts`); errors a restart cannot cure end it, and the daemon.
 //! - `driver.rs`: the loop that polls rumqttc's event loop; `flight.rs`: maps PUBACKs back to
 //!   outbox rows; `backoff.rs`: exponential backoff with jitter.
 //!
@@ -19,6 +21,7 @@ mod backoff;
 mod driver;
 mod flight;
 mod publisher;
+mod supervise;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +32,7 @@ use crate::config::{Config, TlsConfig};
 use crate::store::StoreError;
 
 pub use publisher::run;
+pub use supervise::supervise;
 
 /// The publisher's settings; [`PublisherSettings::from_config`] fills them from the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,58 @@ pub struct PublisherSettings {
     /// User name and password, for brokers that authenticate that way (the config file has no
     /// keys for them: on an RAE the client certificate is the identity).
     pub credentials: Option<Credentials>,
+    /// A failure to inject, for fault tests; `None` unless [`Fault::from_env`] found one.
+    pub fault: Option<Fault>,
+}
+
+/// A failure the publisher injects into itself once it has had `after_acks` rows acknowledged
+/// and has rows in flight, so that fault tests can check that a failing publisher is restarted, never silent.
+///
+/// Set only by the environment variable [`Fault::ENV`], not by the config file, so no
+/// production configuration can turn it on; the daemon warns at start when it is on. An
+/// environment variable rather than `#[cfg(test)]`: the lab tests run the real agent binary,
+/// which `cfg(test)` code never reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub after_acks: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `run` returns [`PublishError::InjectedFault`].
+    Error,
+    /// The publisher task panics.
+    Panic,
+}
+
+impl Fault {
+    /// `error:<acks>` or `panic:<acks>`.
+    pub const ENV: &'static str = "RAE_AGENT_TEST_PUBLISHER_FAULT";
+
+    /// The fault [`Fault::ENV`] asks for; an unreadable value is an error, not ignored.
+    pub fn from_env() -> Result<Option<Fault>, PublishError> {
+        match std::env::var(Self::ENV) {
+            Ok(text) => Fault::parse(&text).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Fault::parse("").map(Some),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Fault, PublishError> {
+        let invalid = || PublishError::Settings {
+            setting: Fault::ENV,
+            reason: format!("{text:?} is not error:<acks> or panic:<acks>"),
+        };
+        let (kind, acks) = text.split_once(':').ok_or_else(invalid)?;
+        let kind = match kind {
+            "error" => FaultKind::Error,
+            "panic" => FaultKind::Panic,
+            _ => return Err(invalid()),
+        };
+        let after_acks = acks.parse().map_err(|_| invalid())?;
+        Ok(Fault { kind, after_acks })
+    }
 }
 
 /// An MQTT user name and password; `Debug` does not show the password.
@@ -96,6 +152,7 @@ impl PublisherSettings {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             tls: config.mqtt.tls.clone(),
             credentials: None,
+            fault: None,
         })
     }
 
@@ -159,6 +216,8 @@ pub struct PublisherStatus {
     pub resent: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Times the publisher was restarted after an error or a panic.
+    pub restarts: u64,
     /// Inventories the broker acknowledged.
     pub inventories: u64,
 }
@@ -183,6 +242,7 @@ impl PublisherStatus {
             ("publish.refused", self.refused.to_string()),
             ("publish.resent", self.resent.to_string()),
             ("broker.reconnects", self.reconnects.to_string()),
+            ("publish.restarts", self.restarts.to_string()),
             ("publish.inventories", self.inventories.to_string()),
         ];
         entries
@@ -227,6 +287,8 @@ pub enum PublishError {
     },
     #[error("the MQTT event loop stopped")]
     DriverStopped,
+    #[error("injected fault ({})", Fault::ENV)]
+    InjectedFault,
 }
 
 #[cfg(test)]
@@ -305,6 +367,24 @@ mod tests {
     }
 
     #[test]
+    fn faults_parse_or_are_refused() {
+        assert_eq!(
+            Fault::parse("error:5").unwrap(),
+            Fault {
+                kind: FaultKind::Error,
+                after_acks: 5
+            }
+        );
+        assert_eq!(Fault::parse("panic:0").unwrap().kind, FaultKind::Panic);
+        for bad in ["", "error", "crash:1", "error:-1", "panic:x"] {
+            assert!(
+                matches!(Fault::parse(bad), Err(PublishError::Settings { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn status_entries_use_the_documented_keys() {
         let status = PublisherStatus {
             connected: true,
@@ -326,6 +406,7 @@ mod tests {
                 "publish.refused",
                 "publish.resent",
                 "broker.reconnects",
+                "publish.restarts",
                 "publish.inventories",
             ]
         );

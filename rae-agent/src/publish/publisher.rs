@@ -1,5 +1,7 @@
 //! The publisher task: outbox drain, retained status, inventory, reconnects and shutdown.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rae_proto::{AgentState, Inventory, SessionSeq, Status, Topic};
@@ -13,7 +15,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use super::backoff::Backoff;
 use super::driver::{drive, DriverEvent};
 use super::flight::{Flight, FlightError, Item};
-use super::{PublishError, PublisherSettings, PublisherStatus};
+use super::{FaultKind, PublishError, PublisherSettings, PublisherStatus};
 use crate::store::{StoreError, StoreHandle};
 
 /// How long a shutdown waits for the PUBACKs of what is in flight and of the `offline` status.
@@ -33,6 +35,20 @@ pub async fn run(
     inventory: watch::Receiver<Vec<SessionSeq>>,
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
+) -> Result<(), PublishError> {
+    let sent_through = Arc::new(AtomicI64::new(0));
+    run_after(settings, store, inventory, status, shutdown, sent_through).await
+}
+
+/// [`run`], after an earlier run that queued rows up to `sent_through` (which this run keeps
+/// up to date), so that the rows it sends again count as `resent`.
+pub(super) async fn run_after(
+    settings: PublisherSettings,
+    store: StoreHandle,
+    inventory: watch::Receiver<Vec<SessionSeq>>,
+    status: watch::Sender<PublisherStatus>,
+    shutdown: watch::Receiver<bool>,
+    sent_through: Arc<AtomicI64>,
 ) -> Result<(), PublishError> {
     settings.check()?;
     let status_topic = Topic::status(settings.serial.clone()).to_string();
@@ -58,7 +74,9 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let driver = drive(eventloop, events_tx, move || last_will().ok());
-    let publisher = Publisher::new(settings, store, client, inventory, status, status_topic);
+    let mut publisher = Publisher::new(settings, store, client, inventory, status, status_topic);
+    publisher.sent_through = sent_through.load(Ordering::Relaxed);
+    publisher.shared_sent_through = Some(sent_through);
     let main = publisher.run(events, shutdown);
     tokio::pin!(driver, main);
     // Both run in this task, so dropping `run` drops the connection with it (the broker then
@@ -133,6 +151,8 @@ struct Publisher {
     cursor: i64,
     /// The highest row id ever queued; a row at or below it is a re-send.
     sent_through: i64,
+    /// Where `sent_through` survives a restart of the publisher.
+    shared_sent_through: Option<Arc<AtomicI64>>,
     /// The outbox may hold rows after `cursor`.
     outbox_more: bool,
     /// Rows in flight at most: ours, or the broker's Receive Maximum if lower.
@@ -165,19 +185,25 @@ impl Publisher {
         let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let limit = usize::from(settings.max_in_flight);
+        // A restarted publisher carries on the counters of the one before.
+        let status = PublisherStatus {
+            connected: false,
+            ..status_tx.borrow().clone()
+        };
         Publisher {
             settings,
             store,
             client,
             inventory,
+            status,
             status_tx,
-            status: PublisherStatus::default(),
             status_topic,
             inventory_topic,
             flight: Flight::default(),
             link: Link::Starting,
             cursor: 0,
             sent_through: 0,
+            shared_sent_through: None,
             outbox_more: true,
             limit,
             pause: Pause::None,
@@ -195,6 +221,21 @@ impl Publisher {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<DriverEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), PublishError> {
+        if let Err(err) = self.serve(&mut events, shutdown).await {
+            // The counters so far stay shown, and a restarted publisher carries them on.
+            self.status.connected = false;
+            self.publish_status();
+            return Err(err);
+        }
+        self.shut_down(&mut events).await
+    }
+
+    /// The main loop, until a shutdown is asked for or an error.
+    async fn serve(
+        &mut self,
+        events: &mut mpsc::Receiver<DriverEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), PublishError> {
         let mut outbox = self.store.outbox_watch();
@@ -211,6 +252,7 @@ impl Publisher {
             }
             self.fill().await?;
             self.publish_status();
+            self.injected_fault()?;
             let retry_at = match self.pause {
                 Pause::Until(at) => Some(at),
                 Pause::None | Pause::Rewind => None,
@@ -248,7 +290,21 @@ impl Publisher {
                 }
             }
         }
-        self.shut_down(&mut events).await
+        Ok(())
+    }
+
+    /// [`super::Fault`]: fails once enough rows were acknowledged (and deleted), at a moment
+    /// when rows are in flight, so that the restart has to send them again.
+    fn injected_fault(&self) -> Result<(), PublishError> {
+        match self.settings.fault {
+            Some(fault) if self.status.acked >= fault.after_acks && self.flight.rows() > 0 => {
+                match fault.kind {
+                    FaultKind::Error => Err(PublishError::InjectedFault),
+                    FaultKind::Panic => panic!("injected publisher fault ({})", super::Fault::ENV),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     fn handle(&mut self, event: DriverEvent) -> Result<(), PublishError> {
@@ -448,6 +504,9 @@ impl Publisher {
                     self.status.resent += 1;
                 } else {
                     self.sent_through = row.id;
+                    if let Some(shared) = &self.shared_sent_through {
+                        shared.store(row.id, Ordering::Relaxed);
+                    }
                 }
             }
         }
