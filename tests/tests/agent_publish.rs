@@ -832,6 +832,7 @@ async fn a_failing_publisher_is_restarted(kind: FaultKind) {
         .wait_status("connected again", |s| s.connected && s.acked >= 12)
         .await;
     assert_eq!(status.restarts, 1, "the fault fires once: {status:?}");
+    assert_eq!(status.reconnects, 1, "the restart reconnected: {status:?}");
     assert!(
         status.resent > 0,
         "the rows in flight at the failure were sent again: {status:?}"

@@ -190,6 +190,12 @@ impl Publisher {
             connected: false,
             ..status_tx.borrow().clone()
         };
+        // After a restart the first connection is a reconnect, and counts as one.
+        let link = if status.restarts > 0 {
+            Link::Down
+        } else {
+            Link::Starting
+        };
         Publisher {
             settings,
             store,
@@ -200,7 +206,7 @@ impl Publisher {
             status_topic,
             inventory_topic,
             flight: Flight::default(),
-            link: Link::Starting,
+            link,
             cursor: 0,
             sent_through: 0,
             shared_sent_through: None,
