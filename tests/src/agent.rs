@@ -33,6 +33,8 @@ pub struct AgentSpec {
     pub mdns_query_interval_secs: u64,
     pub status_interval_secs: u64,
     pub log_level: String,
+    /// Extra environment for the agent process (fault-injection variables).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -61,6 +63,7 @@ impl AgentSpec {
             mdns_query_interval_secs: 5,
             status_interval_secs: 1,
             log_level: "info,rae_agent=debug".to_owned(),
+            env: Vec::new(),
         }
     }
 
@@ -134,6 +137,7 @@ impl Agent {
             .map_err(|e| LabError::io("writing the agent's config", &config, e))?;
         let mut cmd = Command::new(workspace_binary("rae-agent")?);
         cmd.arg("--config").arg(&config);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let log = spec.state_dir.join("agent.log");
         let process = LabProcess::spawn(cmd, log)?;
         Ok(Agent {
