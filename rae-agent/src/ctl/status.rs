@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 7] = [
+const SECTIONS: [(&str, &str, &str); 8] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -37,6 +37,11 @@ const SECTIONS: [(&str, &str, &str); 7] = [
     ("publish.", "publish", "publisher"),
     ("registry.", "registry", "registry core"),
     ("probe.", "probe", "probes"),
+    (
+        "store.",
+        "store",
+        "registry database (the last recovery from damage)",
+    ),
 ];
 const OTHER: (&str, &str) = ("other", "other");
 
@@ -260,6 +265,39 @@ mod tests {
         assert!(text.contains("  oldest  20s ago"), "{text}");
         assert!(text.contains("  outbox_coalesced_events  4"), "{text}");
         assert!(!text.contains("warning"), "{text}");
+    }
+
+    #[test]
+    fn a_recovery_shows_in_its_own_section_and_counter() {
+        let mut report = report(vec![
+            entry("store.recovered_ms", "40000", 40_000),
+            entry(
+                "store.recovered_moved_to",
+                "/s/registry.db.corrupt-x",
+                40_000,
+            ),
+            entry("probe.arp_sent", "3", 50_000),
+        ]);
+        report.counters.push(("integrity_recoveries".into(), 1));
+        let text = status_text(&report, Path::new("/db"), 60_000);
+        let section = text
+            .find("\nregistry database (the last recovery from damage)\n")
+            .unwrap_or_else(|| panic!("no store section in\n{text}"));
+        assert!(
+            text.find("\nprobes\n").is_some_and(|p| p < section),
+            "{text}"
+        );
+        assert!(
+            text.contains("  recovered_ms        1970-01-01T00:00:40.000Z (20s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("  integrity_recoveries     1"), "{text}");
+        let json = status_json(&report, Path::new("/db"), 60_000);
+        assert_eq!(
+            json["status"]["store"]["recovered_moved_to"],
+            "/s/registry.db.corrupt-x"
+        );
+        assert_eq!(json["counters"]["integrity_recoveries"], 1);
     }
 
     #[test]

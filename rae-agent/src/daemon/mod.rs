@@ -38,7 +38,7 @@ use crate::probe::mdns_query::{MdnsQuerier, MdnsQuerySettings};
 use crate::probe::{Identified, ProbeError, SsdpSearch, SsdpSettings};
 use crate::publish::{self, PublishError, PublisherSettings, PublisherStatus};
 use crate::registry::{Change, Core, CoreConfig, CoreConfigError, RestoredSession};
-use crate::store::{Store, StoreError, StoreHandle, StoreOptions, StoreThreadOptions};
+use crate::store::{StoreError, StoreHandle, StoreOptions, StoreThreadOptions};
 
 use engine::Engine;
 use notify::Notifier;
@@ -95,7 +95,20 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         source,
     })?;
     let db = state_dir.join(DATABASE_FILE);
-    let store = Store::open(&db, StoreOptions::from_config(&config))?;
+    let (store, recovery) =
+        crate::store::open_checked(&db, StoreOptions::from_config(&config), wall_ms())?;
+    if let Some(recovery) = &recovery {
+        // Once per incident: the next start finds a good database. `raectl status` keeps it
+        // (the `store.recovered_*` entries and the `integrity_recoveries` counter).
+        tracing::error!(
+            db = %db.display(),
+            moved_to = %recovery.moved_to.display(),
+            recoveries = recovery.recoveries,
+            cause = %crate::error_chain(&recovery.cause),
+            "registry database damaged: moved aside and replaced by a fresh one; \
+             devices are rediscovered as new sessions"
+        );
+    }
     let restored: Vec<RestoredSession> = store
         .open_sessions()?
         .into_iter()

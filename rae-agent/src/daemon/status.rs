@@ -1,6 +1,8 @@
 //! The status entries the daemon writes for `raectl status`: `agent.*`, `capture.*`,
 //! `parse.drop.<reason>`, `registry.*`, `probe.*`; the publisher adds `broker.*` and
-//! `publish.*` (see [`crate::publish::PublisherStatus::entries`]).
+//! `publish.*` (see [`crate::publish::PublisherStatus::entries`]). The store writes
+//! `store.recovered_*` once, into the fresh database, when it replaced a damaged one (see
+//! [`crate::store::Recovery::status_entries`]); they stay until the next recovery.
 
 use crate::capture::CaptureCounters;
 use crate::probe::liveness::LivenessCounters;

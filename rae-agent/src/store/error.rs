@@ -102,6 +102,15 @@ pub enum StoreError {
         what: &'static str,
         detail: String,
     },
+    #[error("the registry database {path} fails its integrity check: {findings}")]
+    IntegrityCheck { path: PathBuf, findings: String },
+    #[error("cannot move the damaged registry database {from} aside to {to}")]
+    MoveAside {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the store thread has stopped")]
     ThreadStopped,
     #[error("cannot start the store thread")]

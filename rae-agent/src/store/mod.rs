@@ -18,6 +18,9 @@
 //! - [`StoreHandle`] (`thread.rs`): runs a [`RegistryStore`] on its own thread behind a bounded
 //!   channel, so blocking SQLite work stays off the async workers.
 //! - `schema.rs`: the schema and its migrations, versioned by `PRAGMA user_version`.
+//! - [`open_checked`] (`integrity.rs`): `PRAGMA quick_check` at start; a damaged database
+//!   (and only a damaged one, never one behind a transient I/O, permission or lock error) is
+//!   moved aside with a UTC timestamp, replaced by a fresh one, and the recovery counted.
 //!
 //! Limitations:
 //! - A session row of a closed session is kept until [`StoreOptions::closed_sessions_max`]
@@ -32,6 +35,7 @@
 mod apply;
 mod batch;
 mod error;
+mod integrity;
 mod memory;
 mod outbox;
 pub mod quota;
@@ -49,6 +53,7 @@ use crate::registry::Change;
 pub use apply::{describe_field, HistoryKind};
 pub use batch::{CommitBatcher, CommitPolicy, LastCommit};
 pub use error::{ChangeError, StoreError};
+pub use integrity::{is_corruption, open_checked, Recovery, INTEGRITY_RECOVERIES};
 pub use memory::MemoryStore;
 pub use outbox::{COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET};
 pub use reader::{
