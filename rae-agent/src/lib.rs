@@ -13,9 +13,11 @@
 //!   indexes keep `tick`, `due_probes` and lookups at O(log n) per item, not per session.
 //! - [`store`]: the only owner of the SQLite connection: registry rows, bounded history, the
 //!   transactional outbox with its byte quota, an adaptive commit (a quiet change commits at
-//!   once, batching only under load), and the read-only reader `raectl` uses.
+//!   once, batching only under load), an integrity check at start (a damaged database is moved
+//!   aside and a fresh one created, counted), and the read-only reader `raectl` uses.
 //! - [`publish`]: the only owner of the MQTT connection: drains the outbox at QoS 1, deleting a
-//!   row only after its PUBACK; retained status with a Last Will; the inventory.
+//!   row only after its PUBACK; retained status with a Last Will; the inventory. A supervisor
+//!   restarts it with backoff when it fails (counted) and stops the daemon when it cannot.
 //! - [`probe`]: liveness (unicast ARP requests and Neighbor Solicitations, rate-limited in
 //!   total), DNS-SD queries on the LAN port only (answers come back through the capture), and
 //!   SSDP search with UPnP description and DIAL application fetches.
