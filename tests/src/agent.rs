@@ -8,10 +8,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::mqtt_watch::MqttWatch;
 use crate::netlab::{LabError, LabProcess, Result};
 
 /// What the agent is configured with; timers in seconds.
@@ -144,6 +145,40 @@ impl Agent {
             process,
             spec: spec.clone(),
         })
+    }
+
+    /// Starts the agent and waits up to `timeout` for its retained `online` status, which it
+    /// publishes once its capture runs and the broker took its connection: a DUT that joins
+    /// after this is seen from its first frame. Also returns when the start was, so a test can
+    /// tell this run's messages from an earlier one's.
+    pub fn start_online(
+        spec: &AgentSpec,
+        watch: &MqttWatch,
+        timeout: Duration,
+    ) -> Result<(Agent, Instant)> {
+        let started = Instant::now();
+        let agent = Agent::start(spec)?;
+        let topic = format!("rae/v1/{}/status", spec.serial);
+        watch
+            .wait_for("the agent's status `online`", timeout, |messages| {
+                messages
+                    .iter()
+                    .filter(|m| m.topic == topic && m.at >= started)
+                    .find(|m| {
+                        rae_proto::Status::decode(&m.payload)
+                            .is_ok_and(|s| s.state == rae_proto::AgentState::Online)
+                    })
+                    .map(|_| ())
+            })
+            .map_err(|e| match e {
+                LabError::Timeout { what, waited, last } => LabError::Timeout {
+                    what,
+                    waited,
+                    last: format!("{last}\nagent log:\n{}", agent.log_tail()),
+                },
+                other => other,
+            })?;
+        Ok((agent, started))
     }
 
     pub fn spec(&self) -> &AgentSpec {

@@ -64,27 +64,6 @@ fn add(lab: &Lab, spec: DutSpec) -> Dut {
     })
 }
 
-/// Starts the agent and waits for its retained `online` status, which it publishes once its
-/// capture runs and the broker took its connection.
-fn start_agent(spec: &AgentSpec, watch: &MqttWatch) -> Agent {
-    let started = Instant::now();
-    let agent = Agent::start(spec).unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
-    let topic = format!("rae/v1/{}/status", spec.serial);
-    watch
-        .wait_for("the agent's status `online`", WAIT, |messages| {
-            messages
-                .iter()
-                .filter(|m| m.topic == topic && m.at >= started)
-                .find(|m| {
-                    rae_proto::Status::decode(&m.payload)
-                        .is_ok_and(|s| s.state == rae_proto::AgentState::Online)
-                })
-                .map(|_| ())
-        })
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail()));
-    agent
-}
-
 /// What a cloud consumer knows from the events so far: per session, the folded record, the
 /// last seq, and whether it was Closed.
 #[derive(Clone, Debug, Default)]
@@ -182,7 +161,9 @@ fn eight_mixed_duts_appear_on_the_broker_and_in_raectl_with_their_fields() {
     let bed = bed(600);
     let lab = &bed.lab;
     // The agent watches the LAN before the DUTs join, as on a RAE that was already running.
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let udhcpc = add(
         lab,
         DutSpec::new(
@@ -443,7 +424,9 @@ fn unplugged_goes_offline_after_misses_closed_after_gone_and_replug_keeps_the_se
         lab,
         DutSpec::new("unplugged", DutKind::StaticV4 { addr: ip }),
     );
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let _ = dut.ping(lab.router_v4().into());
     let device = mac(dut.mac());
     let (session, _) = wait_record(
@@ -570,7 +553,9 @@ fn an_ip_change_and_a_mac_change_give_deltas_with_seq_one_higher() {
         lab,
         DutSpec::new("mover", DutKind::StaticV4 { addr: first }),
     );
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let _ = dut.ping(lab.router_v4().into());
     let device = mac(dut.mac());
     let (session, view) = wait_record(&bed.watch, &mut agent, device, "its first IPv4", |r| {
@@ -640,7 +625,9 @@ fn restarting_the_agent_keeps_sessions_and_seq() {
     let lab = &bed.lab;
     let ip = lab.net().host_v4(50);
     let mut dut = add(lab, DutSpec::new("steady", DutKind::StaticV4 { addr: ip }));
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let _ = dut.ping(lab.router_v4().into());
     let device = mac(dut.mac());
     let (session, _) = wait_record(&bed.watch, &mut agent, device, "its IPv4", |r| {
@@ -650,7 +637,9 @@ fn restarting_the_agent_keeps_sessions_and_seq() {
     // A clean restart, then a crash (SIGKILL) and restart: the session and its seq carry on.
     let status = agent.terminate(Duration::from_secs(15)).expect("SIGTERM");
     assert!(status.success(), "exit status {status}");
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let ip2 = lab.net().host_v4(51);
     dut.set_ipv4(ip2).expect("set IPv4");
     let _ = dut.ping(lab.router_v4().into());
@@ -669,7 +658,9 @@ fn restarting_the_agent_keeps_sessions_and_seq() {
     );
 
     agent.kill().expect("SIGKILL");
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let ip3 = lab.net().host_v4(52);
     dut.set_ipv4(ip3).expect("set IPv4");
     let _ = dut.ping(lab.router_v4().into());

@@ -58,26 +58,6 @@ fn damage(path: &Path, damage: Damage) {
     file.sync_all().expect("sync");
 }
 
-/// Starts the agent and waits for its retained `online` status published after `started`.
-fn start_agent(spec: &AgentSpec, watch: &MqttWatch) -> (Agent, Instant) {
-    let started = Instant::now();
-    let agent = Agent::start(spec).unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
-    let topic = format!("rae/v1/{}/status", spec.serial);
-    watch
-        .wait_for("the agent's status `online`", WAIT, |messages| {
-            messages
-                .iter()
-                .filter(|m| m.topic == topic && m.at >= started)
-                .find(|m| {
-                    rae_proto::Status::decode(&m.payload)
-                        .is_ok_and(|s| s.state == rae_proto::AgentState::Online)
-                })
-                .map(|_| ())
-        })
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail()));
-    (agent, started)
-}
-
 /// The first Snapshot of `device` that arrived after `since`: its session and seq.
 fn wait_snapshot(watch: &MqttWatch, agent: &Agent, device: Mac, since: Instant) -> Envelope {
     watch
@@ -166,7 +146,8 @@ fn recovers_from(kind: Damage) {
     let device = Mac(dut.mac().0);
 
     // First run: the DUT is tracked, then the agent stops cleanly (its WAL checkpointed).
-    let (agent, started) = start_agent(&spec, &watch);
+    let (agent, started) =
+        Agent::start_online(&spec, &watch, WAIT).unwrap_or_else(|e| panic!("{e}"));
     let _ = dut.ping(lab.router_v4().into());
     let old = wait_snapshot(&watch, &agent, device, started).session;
     wait_inventory(
@@ -183,7 +164,8 @@ fn recovers_from(kind: Damage) {
     damage(&db, kind);
 
     // Second run on the damaged file.
-    let (mut agent, restarted) = start_agent(&spec, &watch);
+    let (mut agent, restarted) =
+        Agent::start_online(&spec, &watch, WAIT).unwrap_or_else(|e| panic!("{e}"));
     let moved = moved_aside(&spec.state_dir);
     assert_eq!(moved.len(), 1, "one moved-aside database: {moved:?}");
     assert_eq!(
@@ -255,7 +237,7 @@ fn recovers_from(kind: Damage) {
     // A clean restart on the fresh database is no new incident.
     let status = agent.terminate(Duration::from_secs(15)).expect("SIGTERM");
     assert!(status.success(), "second run's exit status {status}");
-    let (agent, _) = start_agent(&spec, &watch);
+    let (agent, _) = Agent::start_online(&spec, &watch, WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(moved_aside(&spec.state_dir).len(), 1, "nothing else moved");
     let log = agent.log();
     assert_eq!(

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rae_proto::{DeviceRecord, Envelope, Event, Mac, SessionId};
 use rae_tests::agent::{raectl, Agent, AgentSpec};
@@ -69,27 +69,6 @@ fn add(lab: &Lab, spec: DutSpec) -> Dut {
 
 fn mac(m: MacAddr) -> Mac {
     Mac(m.0)
-}
-
-/// Starts the agent and waits for its retained `online` status: its capture runs, so it
-/// sees every frame of a DUT that joins after this.
-fn start_agent(spec: &AgentSpec, watch: &MqttWatch) -> Agent {
-    let started = Instant::now();
-    let agent = Agent::start(spec).unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
-    let topic = format!("rae/v1/{}/status", spec.serial);
-    watch
-        .wait_for("the agent's status `online`", WAIT, |messages| {
-            messages
-                .iter()
-                .filter(|m| m.topic == topic && m.at >= started)
-                .find(|m| {
-                    rae_proto::Status::decode(&m.payload)
-                        .is_ok_and(|s| s.state == rae_proto::AgentState::Online)
-                })
-                .map(|_| ())
-        })
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail()));
-    agent
 }
 
 /// The record of `device`'s open session as a cloud consumer has it from the events so
@@ -205,7 +184,9 @@ fn volunteered(wire: &Wire, dut: MacAddr, global: Ipv6Addr, link_local: Ipv6Addr
 #[test]
 fn a_slaac_dut_that_speaks_only_from_its_link_local_address_appears_with_its_global_one() {
     let bed = bed();
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     // DAD as kernels do it by default, no unsolicited advertisements, and a tcpdump on its
     // bridge port from before its link comes up.
     let mut dut = add(
@@ -309,7 +290,9 @@ fn a_slaac_dut_that_speaks_only_from_its_link_local_address_appears_with_its_glo
 fn two_duts_claiming_one_ipv6_address_are_recorded_as_a_conflict() {
     let bed = bed();
     let lab = &bed.lab;
-    let mut agent = start_agent(&bed.spec, &bed.watch);
+    let mut agent = Agent::start_online(&bed.spec, &bed.watch, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     let shared = lab.net().host_v6(0x100);
     let router = lab.router_v6().into();
 
