@@ -11,6 +11,8 @@
 //!   mode, each on free loopback ports with its own state directory.
 //! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab
 //!   processes; [`mqtt_watch`]: a subscriber standing in for the cloud.
+//! - [`stream_check`]: what a QoS 1 subscriber may rely on (no gap, no reorder, duplicates
+//!   byte-identical), checked, and the folded state compared with the registry.
 //! - [`procstat`]: a process's CPU time, memory and writes, and the machine's softirq time, from
 //!   `/proc`, for the benchmarks.
 //!
@@ -26,5 +28,6 @@ pub mod mqtt_watch;
 pub mod netlab;
 pub mod procstat;
 pub mod services;
+pub mod stream_check;
 pub mod sink;
 pub mod sweep;
