@@ -11,6 +11,8 @@
 //!   mode, each on free loopback ports with its own state directory.
 //! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab
 //!   processes; [`mqtt_watch`]: a subscriber standing in for the cloud.
+//! - [`inject`]: raw frames sent from inside a DUT namespace, as if from many devices behind
+//!   its port (floods, address churn).
 //! - [`stream_check`]: what a QoS 1 subscriber may rely on (no gap, no reorder, duplicates
 //!   byte-identical), checked, and the folded state compared with the registry.
 //! - [`procstat`]: a process's CPU time, memory and writes, and the machine's softirq time, from
@@ -23,6 +25,7 @@
 //! `scripts/setup` fetches into `tests/kafka/lib`.
 
 pub mod agent;
+pub mod inject;
 pub mod labdir;
 pub mod mqtt_watch;
 pub mod netlab;

@@ -25,7 +25,6 @@
 mod arpwatch;
 mod bed;
 mod cpu;
-mod inject;
 mod latency;
 mod rss;
 mod sniff;

@@ -17,7 +17,7 @@ use rae_proto::Mac;
 use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig};
 
 use crate::bed::Bed;
-use crate::inject::{arp_announcement, neighbour_solicitation, Injector};
+use rae_tests::inject::{arp_announcement, neighbour_solicitation, Injector};
 use rae_tests::procstat::{memory, writes, Memory};
 
 /// Addresses .12..=.249 of the /24 for injected devices; the DUT has .2.
