@@ -21,6 +21,8 @@
 //! - [`probe`]: liveness (unicast ARP requests and Neighbor Solicitations, rate-limited in
 //!   total), DNS-SD queries on the LAN port only (answers come back through the capture), and
 //!   SSDP search with UPnP description and DIAL application fetches.
+//! - [`clock`]: the core's monotonic clock (CLOCK_BOOTTIME, started at the wall clock) and
+//!   its offset to the wall clock, which only stamps times.
 //! - [`daemon`]: wires the parts together (one task per I/O resource, bounded channels),
 //!   writes the status `raectl status` shows, speaks systemd's notify protocol.
 //! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
@@ -29,10 +31,10 @@
 //!   with command-line overrides and `--check-config`.
 //!
 //! Limitations: no control socket and no cloud commands yet (`raectl` only reads); no MQTT
-//! TLS (a configured `[mqtt.tls]` is refused at start); the core runs on the wall clock, so
-//! start the daemon after the clock is set.
+//! TLS (a configured `[mqtt.tls]` is refused at start).
 
 pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

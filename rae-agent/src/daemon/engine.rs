@@ -2,6 +2,10 @@
 //! of time in; Changes for the store and probe frames for the LAN out. It owns the registry
 //! core and the liveness prober, and does no I/O itself, so the daemon's own glue (frame to
 //! observation, probe answers to RTTs, addresses to MACs) is tested without sockets.
+//!
+//! Every `now_ms` here is on the core clock (`crate::clock`); the wall clock enters only as
+//! the offset given to [`Engine::set_wall_offset`], and a frame's capture stamp (wall clock)
+//! only tells how long it waited, which moves its time back by at most [`MAX_FRAME_AGE_MS`].
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -17,6 +21,11 @@ use crate::registry::{
     SessionIds,
 };
 use crate::wire::{DropCounters, Message};
+
+/// How far a frame's capture stamp may put it before its processing: frames wait only in
+/// the bounded queues between the capture thread and here. A larger gap is a wall-clock step
+/// between the two readings, not a wait.
+pub const MAX_FRAME_AGE_MS: i64 = 5_000;
 
 /// What the engine did, for `raectl status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +54,8 @@ pub struct Engine<I: SessionIds> {
     /// Service types learnt from mDNS answers, each once, for the querier to ask about.
     mdns_types: std::collections::BTreeSet<String>,
     new_mdns_types: Vec<String>,
+    /// Wall minus core clock, as last given.
+    wall_offset_ms: i64,
 }
 
 impl<I: SessionIds> Engine<I> {
@@ -59,7 +70,24 @@ impl<I: SessionIds> Engine<I> {
             own_macs: own_macs.iter().copied().collect(),
             mdns_types: std::collections::BTreeSet::new(),
             new_mdns_types: Vec::new(),
+            wall_offset_ms: 0,
         }
+    }
+
+    /// The wall clock's offset to the core clock, from now on (see `Core::set_wall_offset`).
+    pub fn set_wall_offset(&mut self, offset_ms: i64) {
+        self.wall_offset_ms = offset_ms;
+        self.core.set_wall_offset(offset_ms);
+    }
+
+    /// When `frame` was captured, on the core clock: its wait in the queues, taken from its
+    /// wall-clock stamp, bounded so that a step between the two readings cannot move it.
+    fn captured_at(&self, frame: &CapturedFrame, now_ms: i64) -> i64 {
+        let wall_now = now_ms.saturating_add(self.wall_offset_ms);
+        let waited = wall_now
+            .saturating_sub(frame.at_ms)
+            .clamp(0, MAX_FRAME_AGE_MS);
+        now_ms - waited
     }
 
     /// Service types learnt since the last call (for the mDNS querier).
@@ -83,9 +111,10 @@ impl<I: SessionIds> Engine<I> {
         self.liveness.counters()
     }
 
-    /// One captured frame, processed at wall clock `now_ms` (monotonic `now` for probe RTTs).
+    /// One captured frame, processed at `now_ms` (core clock; `now` for probe RTTs).
     pub fn frame(&mut self, frame: &CapturedFrame, now_ms: i64, now: Instant) -> Vec<Change> {
         self.counters.frames += 1;
+        let at_ms = self.captured_at(frame, now_ms);
         let parsed = match frame.parse() {
             Ok(parsed) => parsed,
             Err(reason) => {
@@ -106,7 +135,7 @@ impl<I: SessionIds> Engine<I> {
         }
         let mut observations = Vec::new();
         if let Message::Mdns { payload, .. } = &parsed.message {
-            match self.mdns.decode(parsed.ethernet.src, payload, frame.at_ms) {
+            match self.mdns.decode(parsed.ethernet.src, payload, at_ms) {
                 Ok(decoded) => {
                     if !decoded.observations.is_empty() {
                         self.counters.mdns_decoded += 1;
@@ -125,7 +154,7 @@ impl<I: SessionIds> Engine<I> {
                 Err(reason) => self.drops.record(reason),
             }
         }
-        if let Some(obs) = observations_from_frame(&parsed, frame.at_ms) {
+        if let Some(obs) = observations_from_frame(&parsed, at_ms) {
             // The liveness observation first, so the session exists before its details.
             observations.insert(0, self.as_probe_reply(obs, now));
         }
@@ -363,6 +392,63 @@ mod tests {
             now,
         );
         assert!(dut.iter().any(|c| matches!(c, Change::Opened { .. })));
+    }
+
+    #[test]
+    fn a_frames_wait_comes_from_its_stamp_but_a_wall_step_cannot_move_it() {
+        let mut e = engine();
+        let now = Instant::now();
+        let core_now = 100_000;
+        e.set_wall_offset(-3_600_000);
+        let wall_now = core_now - 3_600_000;
+        // Captured 300 ms ago by the wall clock: heard 300 ms ago, stamped on the wall clock.
+        let opened = e.frame(
+            &announcement(
+                DUT,
+                Ipv4Addr::new(198, 18, 0, 7),
+                PacketType::Broadcast,
+                wall_now - 300,
+            ),
+            core_now,
+            now,
+        );
+        let Some(Change::Opened { record, .. }) = opened.first() else {
+            panic!("expected the session to open: {opened:?}");
+        };
+        assert_eq!(record.last_seen_ms, wall_now - 300);
+        // Stamped just before the wall clock went back an hour: taken as just captured.
+        let other = Mac([0x02, 0, 0x5e, 0, 0, 8]);
+        let opened = e.frame(
+            &announcement(
+                other,
+                Ipv4Addr::new(198, 18, 0, 8),
+                PacketType::Broadcast,
+                core_now,
+            ),
+            core_now,
+            now,
+        );
+        let Some(Change::Opened { record, .. }) = opened.first() else {
+            panic!("expected the session to open: {opened:?}");
+        };
+        assert_eq!(record.last_seen_ms, wall_now);
+        // Stamped before a step forward: at most MAX_FRAME_AGE_MS early.
+        e.set_wall_offset(3_600_000);
+        let third = Mac([0x02, 0, 0x5e, 0, 0, 9]);
+        let opened = e.frame(
+            &announcement(
+                third,
+                Ipv4Addr::new(198, 18, 0, 9),
+                PacketType::Broadcast,
+                core_now,
+            ),
+            core_now,
+            now,
+        );
+        let Some(Change::Opened { record, .. }) = opened.first() else {
+            panic!("expected the session to open: {opened:?}");
+        };
+        assert_eq!(record.last_seen_ms, core_now + 3_600_000 - MAX_FRAME_AGE_MS);
     }
 
     #[test]

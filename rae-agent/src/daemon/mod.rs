@@ -11,9 +11,11 @@
 //! The core task also writes the status entries `raectl status` shows, every few seconds,
 //! and sends systemd's watchdog keep-alive, so a stuck core loop is what the watchdog sees.
 //!
-//! Limitations: the core reads the wall clock; start the daemon after the clock is set (a
-//! first NTP step longer than `gone_after` would close every session). The control socket for
-//! `raectl` actions is not there yet.
+//! Time: the core task reads the core clock (`crate::clock`, monotonic) for every decision
+//! and hands the wall clock's offset to the engine for the stamps, so a wall-clock step (a
+//! first NTP sync) closes no session.
+//!
+//! Limitations: the control socket for `raectl` actions is not there yet.
 
 pub mod engine;
 mod mdns;
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::capture::{self, CaptureConfig, CaptureError, CapturedFrame};
+use crate::clock::CoreClock;
 use crate::config::Config;
 use crate::probe::identify::interface_ipv4;
 use crate::probe::liveness::{LanAddrs, Liveness, TxSocket};
@@ -109,13 +112,23 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
              devices are rediscovered as new sessions"
         );
     }
+    // The core clock starts at the wall clock, so the stored stamps read as core times; one
+    // from "the future" (the wall clock went back while the agent was down) is taken as now,
+    // or its device would stay online that much longer.
+    let clock = CoreClock::start();
+    let started = clock.read().core_ms;
     let restored: Vec<RestoredSession> = store
         .open_sessions()?
         .into_iter()
-        .map(|s| RestoredSession {
-            session: s.session,
-            seq: s.last_seq,
-            record: s.record,
+        .map(|s| {
+            let mut record = s.record;
+            record.last_seen_ms = record.last_seen_ms.min(started);
+            record.first_seen_ms = record.first_seen_ms.min(record.last_seen_ms);
+            RestoredSession {
+                session: s.session,
+                seq: s.last_seq,
+                record,
+            }
         })
         .collect();
     info!(db = %db.display(), sessions = restored.len(), "registry opened");
@@ -195,7 +208,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut ssdp_open = ssdp.is_some();
     let mut publisher_running = true;
     let outcome: Result<(), DaemonError> = loop {
-        let now_ms = wall_ms();
+        let now_ms = core_now(&clock, &mut engine);
         let wake = engine
             .next_deadline(now_ms)
             .map_or(Duration::from_secs(1), |at| {
@@ -219,17 +232,21 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                     break Err(DaemonError::CaptureGone);
                 }
                 let now = Instant::now();
-                let now_ms = wall_ms();
+                let now_ms = core_now(&clock, &mut engine);
                 for frame in batch.drain(..) {
                     changes.extend(engine.frame(&frame, now_ms, now));
                 }
             }
             found = ssdp_rx.recv(), if ssdp_open => match found {
-                Some(found) => changes.extend(engine.identified(found, wall_ms())),
+                Some(found) => {
+                    let now_ms = core_now(&clock, &mut engine);
+                    changes.extend(engine.identified(found, now_ms));
+                }
                 None => ssdp_open = false,
             },
             _ = tokio::time::sleep(wake) => {
-                let (due, frames) = engine.tick(wall_ms(), Instant::now(), lan.as_ref());
+                let now_ms = core_now(&clock, &mut engine);
+                let (due, frames) = engine.tick(now_ms, Instant::now(), lan.as_ref());
                 changes.extend(due);
                 for frame in frames {
                     if let Err(err) = tx.send(&frame.bytes) {
@@ -245,7 +262,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                     lan = read_lan(&interface, lan);
                     let macs = local_macs();
                     if macs != own_macs {
-                        changes.extend(engine.set_own_macs(&macs, wall_ms()));
+                        let now_ms = core_now(&clock, &mut engine);
+                        changes.extend(engine.set_own_macs(&macs, now_ms));
                         own_macs = macs;
                     }
                     let entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
@@ -304,6 +322,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 
 /// Sessions opening and closing are what an operator follows in the journal; the rest is
 /// in `raectl events`.
+/// The core clock now, with the engine's wall-clock offset brought up to date (stamps only;
+/// see `crate::clock`).
+fn core_now<I: crate::registry::SessionIds>(clock: &CoreClock, engine: &mut Engine<I>) -> i64 {
+    let reading = clock.read();
+    engine.set_wall_offset(reading.wall_offset_ms());
+    reading.core_ms
+}
+
 fn log_changes(changes: &[Change]) {
     for change in changes {
         match change {

@@ -2,8 +2,18 @@
 //! passing of time to [`Change`]s.
 //!
 //! Nothing here reads a clock, draws a random number or touches a socket: time comes in as
-//! `now_ms` (unix ms), new session ids from the [`SessionIds`] the core was given. The same
-//! inputs in the same order therefore give the same Changes.
+//! `now_ms`, new session ids from the [`SessionIds`] the core was given. The same inputs in
+//! the same order therefore give the same Changes.
+//!
+//! Two clocks. `now_ms` and an observation's `at_ms` are on the *core clock*: monotonic,
+//! never stepped (the daemon's `crate::clock`, CLOCK_BOOTTIME so that it also counts a
+//! suspend, started at the wall clock's reading). Every decision (offline, gone, probe
+//! rounds, Snapshot slots, IPv6 ageing, conflict notes) is made on it. The wall clock only
+//! stamps what leaves the core: the records' `first_seen_ms`/`last_seen_ms` and the causes'
+//! `at_ms` are core time plus the offset last given to [`Core::set_wall_offset`] (wall minus
+//! core clock, 0 until the wall clock is stepped). A step of the wall clock therefore changes
+//! no session and no liveness decision; the stamps made after it follow the new wall clock,
+//! those made before keep theirs.
 //!
 //! The rules (the module docs of `schedule` and `conflict` hold the timer and conflict ones):
 //! - Identity is the MAC: one open session per MAC. A frame from an unknown MAC opens a
@@ -47,9 +57,10 @@
 //! observation is diffed against a copy of the record. `queue_tests` checks all of it
 //! against the full scans it replaced, on random histories.
 //!
-//! Limitation: `now_ms` is the wall clock. A step forward of more than `gone_after` (a first
-//! NTP sync on a device without an RTC) closes every session; the daemon should start the
-//! core once the clock is synchronised.
+//! Limitation: the core clock starts at the wall clock's reading and restored sessions are
+//! taken at their wall stamps, so a wall clock that was wrong across a restart (say, an RTC
+//! reset) shifts their deadlines once, at start; the daemon caps restored stamps at the
+//! current wall time, so nothing is heard "in the future".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -88,6 +99,8 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     /// Restored sessions that duplicated another one's MAC: closed at the first tick.
     duplicates: Vec<RestoredSession>,
     ids: I,
+    /// Wall clock minus core clock, for the stamps (see the module documentation).
+    wall_offset_ms: i64,
     /// Tests compare the fast path of `apply` with the full one.
     #[cfg(test)]
     full_path_only: bool,
@@ -102,6 +115,7 @@ pub struct CoreState {
     tick_cursor: Option<i64>,
     probe_cursor: Option<i64>,
     duplicates: Vec<RestoredSession>,
+    wall_offset_ms: i64,
 }
 
 impl CoreState {
@@ -203,6 +217,7 @@ impl<I: SessionIds> Core<I> {
             tick_cursor: None,
             probe_cursor: None,
             duplicates,
+            wall_offset_ms: 0,
         };
         Core::resume(config, state, ids)
     }
@@ -221,6 +236,7 @@ impl<I: SessionIds> Core<I> {
             probe_cursor: state.probe_cursor,
             duplicates: state.duplicates,
             ids,
+            wall_offset_ms: state.wall_offset_ms,
             #[cfg(test)]
             full_path_only: false,
         };
@@ -239,6 +255,26 @@ impl<I: SessionIds> Core<I> {
             tick_cursor: self.tick_cursor,
             probe_cursor: self.probe_cursor,
             duplicates: self.duplicates.clone(),
+            wall_offset_ms: self.wall_offset_ms,
+        }
+    }
+
+    /// The wall clock's reading minus the core clock's, from now on: the stamps of what the
+    /// core makes after this follow it; no decision depends on it.
+    pub fn set_wall_offset(&mut self, offset_ms: i64) {
+        self.wall_offset_ms = offset_ms;
+    }
+
+    /// `core_ms` (core clock) as a wall-clock stamp.
+    fn wall(&self, core_ms: i64) -> i64 {
+        core_ms.saturating_add(self.wall_offset_ms)
+    }
+
+    /// A cause stamped at `core_ms`.
+    fn cause_at(&self, core_ms: i64, summary: String) -> Cause {
+        Cause {
+            at_ms: self.wall(core_ms),
+            summary,
         }
     }
 
@@ -274,14 +310,12 @@ impl<I: SessionIds> Core<I> {
             return out;
         }
         let at = obs.at_ms.min(now_ms);
+        let wall_at = self.wall(at);
         self.expire(mac, now_ms, &mut out);
-        if self.refresh(mac, &obs, at, &mut out) {
+        if self.refresh(mac, &obs, at, wall_at, &mut out) {
             return out;
         }
-        let cause = Cause {
-            at_ms: at,
-            summary: format!("{mac}: {}", obs.kind.describe()),
-        };
+        let cause = self.cause_at(at, format!("{mac}: {}", obs.kind.describe()));
         let evidence = obs.kind.evidence();
         let before = match self.sessions.get_mut(&mac) {
             Some(session) => Some(session.record.clone()),
@@ -292,17 +326,17 @@ impl<I: SessionIds> Core<I> {
                 let Some(id) = self.fresh_id() else {
                     return out;
                 };
-                let mut record = DeviceRecord::new(mac, evidence, at);
+                let mut record = DeviceRecord::new(mac, evidence, wall_at);
                 record.vendor = oui::vendor(mac).map(str::to_owned);
-                self.insert_session(Session::opened(id, record, now_ms));
+                self.insert_session(Session::opened(id, record, at, now_ms));
                 None
             }
         };
         let Some(session) = self.sessions.get_mut(&mac) else {
             return out;
         };
-        let heard_before = session.record.last_seen_ms;
-        let claim = session.absorb(&obs.kind, at, &self.timers);
+        let heard_before = session.heard_ms;
+        let claim = session.absorb(&obs.kind, at, wall_at, &self.timers);
         if let Some(evidence) = evidence {
             let reachability = &mut session.record.reachability;
             // A frame older than the last one heard says nothing new about liveness.
@@ -334,7 +368,14 @@ impl<I: SessionIds> Core<I> {
 
     /// The fast path of `apply` (see [`Session::refresh`]); false when the observation needs
     /// the full one.
-    fn refresh(&mut self, mac: Mac, obs: &Observation, at: i64, out: &mut Vec<Change>) -> bool {
+    fn refresh(
+        &mut self,
+        mac: Mac,
+        obs: &Observation,
+        at: i64,
+        wall_at: i64,
+        out: &mut Vec<Change>,
+    ) -> bool {
         #[cfg(test)]
         if self.full_path_only {
             return false;
@@ -344,7 +385,7 @@ impl<I: SessionIds> Core<I> {
         };
         let addresses = &self.addresses;
         let sole = |ip| addresses.holders(ip) == [mac];
-        let Some(moved) = session.refresh(&obs.kind, at, &self.timers, sole) else {
+        let Some(moved) = session.refresh(&obs.kind, at, wall_at, &self.timers, sole) else {
             return false;
         };
         self.deadlines
@@ -366,8 +407,9 @@ impl<I: SessionIds> Core<I> {
         now_ms: i64,
     ) -> Result<Vec<Change>, ActionError> {
         let mut out = Vec::new();
+        let at_ms = self.wall(now_ms);
         let cause = |summary: String| Cause {
-            at_ms: now_ms,
+            at_ms,
             summary: format!("{summary} (by {by})"),
         };
         match action {
@@ -433,9 +475,10 @@ impl<I: SessionIds> Core<I> {
             let candidates =
                 self.deadlines
                     .snapshot_candidates(cursor, now_ms, self.timers.snapshot_ms);
+            let at_ms = self.wall(now_ms);
             for mac in candidates {
                 if let Some(session) = self.sessions.get_mut(&mac) {
-                    periodic_snapshot(&self.timers, session, cursor, now_ms, &mut out);
+                    periodic_snapshot(&self.timers, session, cursor, now_ms, at_ms, &mut out);
                 }
             }
         }
@@ -518,11 +561,7 @@ impl<I: SessionIds> Core<I> {
             .filter_map(|mac| self.sessions.get(mac))
             .max_by_key(|s| {
                 let r = &s.record;
-                (
-                    r.reachability.state == Liveness::Online,
-                    r.last_seen_ms,
-                    r.mac,
-                )
+                (r.reachability.state == Liveness::Online, s.heard_ms, r.mac)
             })
             .map(|s| s.record.mac)
     }
@@ -574,6 +613,7 @@ impl<I: SessionIds> Core<I> {
     }
 
     fn close_duplicates(&mut self, now_ms: i64) -> Vec<Change> {
+        let at_ms = self.wall(now_ms);
         std::mem::take(&mut self.duplicates)
             .into_iter()
             .map(|duplicate| Change::Closed {
@@ -582,7 +622,7 @@ impl<I: SessionIds> Core<I> {
                 mac: duplicate.record.mac,
                 reason: CloseReason::Gone,
                 cause: Cause {
-                    at_ms: now_ms,
+                    at_ms,
                     summary: "restored beside a more recent session of the same MAC".to_owned(),
                 },
             })
@@ -610,10 +650,11 @@ impl<I: SessionIds> Core<I> {
     /// Applies the session's deadlines that `now` has reached: Closed when gone, else the
     /// offline transition and the IPv6 addresses that aged out.
     fn expire(&mut self, mac: Mac, now: i64, out: &mut Vec<Change>) {
+        let offset = self.wall_offset_ms;
         let Some(session) = self.sessions.get_mut(&mac) else {
             return;
         };
-        let heard = session.record.last_seen_ms;
+        let heard = session.heard_ms;
         let gone_at = self.timers.gone_at(heard);
         if now >= gone_at {
             if let Some(mut session) = self.remove_session(mac) {
@@ -623,7 +664,7 @@ impl<I: SessionIds> Core<I> {
                     mac,
                     reason: CloseReason::Gone,
                     cause: Cause {
-                        at_ms: gone_at,
+                        at_ms: gone_at.saturating_add(offset),
                         summary: format!(
                             "not heard for {} s (gone_after)",
                             self.timers.gone_ms / 1000
@@ -641,7 +682,7 @@ impl<I: SessionIds> Core<I> {
             session.record.reachability.state = Liveness::Offline;
             session.record.reachability.evidence = Evidence::ProbeMissed { count };
             let cause = Cause {
-                at_ms: offline_at,
+                at_ms: offline_at.saturating_add(offset),
                 summary: format!("{count} probe rounds in a row passed without a frame"),
             };
             publish_update(session, &before, cause, out);
@@ -654,7 +695,7 @@ impl<I: SessionIds> Core<I> {
                 .sync_v6(mac, &before.ipv6, &session.record.ipv6);
             let aged: Vec<String> = aged.iter().map(ToString::to_string).collect();
             let cause = Cause {
-                at_ms: aged_at,
+                at_ms: aged_at.saturating_add(offset),
                 summary: format!(
                     "{} not vouched for in {} s while the device was heard (ipv6_expire_after)",
                     aged.join(", "),
@@ -678,6 +719,7 @@ fn periodic_snapshot(
     session: &mut Session,
     cursor: i64,
     now: i64,
+    wall_now: i64,
     out: &mut Vec<Change>,
 ) {
     let slot = timers.snapshot_slot(session.id, now);
@@ -686,7 +728,7 @@ fn periodic_snapshot(
         .is_some_and(|full| slot.saturating_sub(full) < timers.snapshot_ms / 2);
     if slot > cursor && !recent {
         let cause = Cause {
-            at_ms: now,
+            at_ms: wall_now,
             summary: "periodic snapshot".to_owned(),
         };
         push_snapshot(session, now, cause, out);

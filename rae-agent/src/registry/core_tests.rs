@@ -6,7 +6,7 @@ use super::*;
 
 fn session() -> Session {
     let record = DeviceRecord::new(Mac([0, 0, 0xf0, 0, 0, 1]), Evidence::ArpReply, 1_000);
-    Session::opened(SessionId::from_bytes([1; 16]), record, 1_000)
+    Session::opened(SessionId::from_bytes([1; 16]), record, 1_000, 1_000)
 }
 
 #[test]

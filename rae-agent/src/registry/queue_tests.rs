@@ -57,7 +57,7 @@ fn scan_next_deadline<I: SessionIds>(core: &Core<I>, now: i64) -> Option<i64> {
     core.sessions
         .values()
         .flat_map(|session| {
-            let heard = session.record.last_seen_ms;
+            let heard = session.heard_ms;
             let offline = (session.record.reachability.state == Liveness::Online)
                 .then(|| timers.offline_at(session.id, heard));
             [
@@ -83,7 +83,7 @@ impl<I: SessionIds> Core<I> {
         }
         if let Some(cursor) = self.tick_cursor.filter(|cursor| *cursor < now_ms) {
             for session in self.sessions.values_mut() {
-                periodic_snapshot(&self.timers, session, cursor, now_ms, &mut out);
+                periodic_snapshot(&self.timers, session, cursor, now_ms, now_ms, &mut out);
             }
         }
         self.tick_cursor = Some(self.tick_cursor.map_or(now_ms, |c| c.max(now_ms)));
@@ -113,11 +113,7 @@ impl<I: SessionIds> Core<I> {
             .filter(|s| holds(&s.record))
             .max_by_key(|s| {
                 let r = &s.record;
-                (
-                    r.reachability.state == Liveness::Online,
-                    r.last_seen_ms,
-                    r.mac,
-                )
+                (r.reachability.state == Liveness::Online, s.heard_ms, r.mac)
             })
             .map(|s| s.record.mac)
     }

@@ -35,11 +35,18 @@ pub(crate) enum Claim {
 /// The core's state of one open session. `record` is the current record: the last
 /// published one with `last_seen_ms` and the probe RTT moved on in place (neither is
 /// published on its own).
+///
+/// Two clocks (see `core`): every time the session keeps for its own decisions (`heard_ms`,
+/// `ipv6_heard`, `last_full_ms`) is on the core's monotonic clock; the record's
+/// `first_seen_ms` and `last_seen_ms` are wall-clock stamps, written when the device was
+/// heard and never read back for a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Session {
     pub id: SessionId,
     pub seq: u64,
     pub record: DeviceRecord,
+    /// When the device was last heard (core clock); `record.last_seen_ms` is its wall stamp.
+    pub heard_ms: i64,
     /// The host names by source: DHCP's wins, mDNS's fills in.
     pub dhcp_hostname: Option<Text>,
     pub mdns_hostname: Option<Text>,
@@ -50,11 +57,13 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn opened(id: SessionId, record: DeviceRecord, now: i64) -> Session {
+    /// A new session whose device was heard at `heard` (core clock).
+    pub fn opened(id: SessionId, record: DeviceRecord, heard: i64, now: i64) -> Session {
         Session {
             id,
             seq: 1,
             record,
+            heard_ms: heard,
             dhcp_hostname: None,
             mdns_hostname: None,
             ipv6_heard: BTreeMap::new(),
@@ -62,8 +71,10 @@ impl Session {
         }
     }
 
-    /// A session from the store. Which source a stored host name came from is not stored: a
-    /// device that was seen doing DHCP is taken to have its name from DHCP.
+    /// A session from the store, whose wall stamps are taken as core times: the daemon's core
+    /// clock starts at the wall clock (`crate::clock`). Which source a stored host name came
+    /// from is not stored: a device that was seen doing DHCP is taken to have its name from
+    /// DHCP.
     pub fn restored(restored: RestoredSession) -> Session {
         let RestoredSession {
             session,
@@ -78,15 +89,13 @@ impl Session {
         } else {
             (None, record.hostname.clone())
         };
-        let ipv6_heard = record
-            .ipv6
-            .iter()
-            .map(|ip| (*ip, record.last_seen_ms))
-            .collect();
+        let heard_ms = record.last_seen_ms;
+        let ipv6_heard = record.ipv6.iter().map(|ip| (*ip, heard_ms)).collect();
         Session {
             id: session,
             seq,
             record,
+            heard_ms,
             dhcp_hostname,
             mdns_hostname,
             ipv6_heard,
@@ -113,11 +122,13 @@ impl Session {
     /// alone and already in its record. Returns `None`, having changed nothing, when the
     /// observation may change more than `last_seen_ms`, the probe RTT and when an address
     /// was heard ([`Session::absorb`] then takes it in); else whether `last_seen_ms` moved.
-    /// `sole` tells whether an address is held by this device alone.
+    /// `sole` tells whether an address is held by this device alone. `at` is on the core's
+    /// clock, `wall_at` the same instant on the wall clock.
     pub fn refresh(
         &mut self,
         kind: &ObservationKind,
         at: i64,
+        wall_at: i64,
         timers: &Timers,
         sole: impl Fn(IpAddr) -> bool,
     ) -> Option<bool> {
@@ -148,7 +159,7 @@ impl Session {
             } if holds_v6(ip) => (Some(*ip), Some(*rtt_us)),
             _ => return None,
         };
-        let seen = self.record.last_seen_ms.max(at);
+        let seen = self.heard_ms.max(at);
         // `absorb` would drop the addresses the new last_seen leaves unheard for too long.
         let ages = self.ipv6_heard.iter().any(|(ip, heard)| {
             let heard = if Some(*ip) == vouched {
@@ -167,17 +178,28 @@ impl Session {
         if rtt.is_some() {
             self.record.reachability.rtt_us = rtt;
         }
-        let moved = seen != self.record.last_seen_ms;
-        self.record.last_seen_ms = seen;
+        let moved = seen != self.heard_ms;
+        if moved {
+            self.heard_ms = seen;
+            self.record.last_seen_ms = wall_at;
+        }
         Some(moved)
     }
 
     /// Takes in what `kind` says about the device. The address it claims concerns other
     /// sessions too and is returned for the core to settle (an IPv6 address is in the record
-    /// already, an IPv4 one not yet). `at` is when it was seen.
-    pub fn absorb(&mut self, kind: &ObservationKind, at: i64, timers: &Timers) -> Option<Claim> {
-        if kind.evidence().is_some() && at > self.record.last_seen_ms {
-            self.record.last_seen_ms = at;
+    /// already, an IPv4 one not yet). `at` is when it was seen (core clock), `wall_at` the
+    /// same instant on the wall clock.
+    pub fn absorb(
+        &mut self,
+        kind: &ObservationKind,
+        at: i64,
+        wall_at: i64,
+        timers: &Timers,
+    ) -> Option<Claim> {
+        if kind.evidence().is_some() && at > self.heard_ms {
+            self.heard_ms = at;
+            self.record.last_seen_ms = wall_at;
         }
         let mut claim = None;
         match kind {
@@ -270,7 +292,7 @@ impl Session {
     /// for, counted only for addresses the device was heard without since (a silent device
     /// keeps them all: its silence says nothing about any one address).
     pub fn ipv6_age_at(&self, timers: &Timers) -> Option<i64> {
-        let seen = self.record.last_seen_ms;
+        let seen = self.heard_ms;
         self.ipv6_heard
             .values()
             .filter(|heard| **heard < seen)
@@ -286,7 +308,7 @@ impl Session {
     /// is gone, goes offline or an IPv6 address ages out. Probe rounds and Snapshot slots
     /// are not in it: they sit on the session's fixed grid (`schedule`).
     pub fn expiry_at(&self, timers: &Timers) -> i64 {
-        let heard = self.record.last_seen_ms;
+        let heard = self.heard_ms;
         let mut at = timers.gone_at(heard);
         if self.record.reachability.state == Liveness::Online {
             at = at.min(timers.offline_at(self.id, heard));
@@ -300,7 +322,7 @@ impl Session {
     /// Drops the IPv6 addresses that have aged out by `now` (see [`Session::ipv6_age_at`]);
     /// returns them.
     pub fn age_ipv6(&mut self, now: i64, timers: &Timers) -> Vec<Ipv6Addr> {
-        let seen = self.record.last_seen_ms;
+        let seen = self.heard_ms;
         let aged: Vec<Ipv6Addr> = self
             .ipv6_heard
             .iter()
@@ -335,7 +357,7 @@ impl Session {
     /// Drops the IPv6 addresses the device has gone on without for `ipv6_expire_after`. An
     /// unheard device keeps them all: its silence says nothing about any one address.
     fn expire_ipv6(&mut self, timers: &Timers) {
-        let now = self.record.last_seen_ms;
+        let now = self.heard_ms;
         self.ipv6_heard
             .retain(|_, heard| now.saturating_sub(*heard) <= timers.ipv6_expire_ms);
         self.sync_ipv6_list();
@@ -369,10 +391,10 @@ mod tests {
             hostname: Text::from("tv.local"),
         };
         let mut session = restored(true);
-        session.absorb(&mdns, 2, &timers);
+        session.absorb(&mdns, 2, 2, &timers);
         assert_eq!(session.record.hostname, Some(Text::from("tv")));
         let mut session = restored(false);
-        session.absorb(&mdns, 2, &timers);
+        session.absorb(&mdns, 2, 2, &timers);
         assert_eq!(session.record.hostname, Some(Text::from("tv.local")));
         assert_eq!(session.seq, 4);
         assert_eq!(session.last_full_ms, None);
