@@ -113,8 +113,8 @@ pub struct Bed {
     agent_bin: PathBuf,
     pub watch: MqttWatch,
     pub spec: AgentSpec,
-    /// Kept for its lifetime: the agent and the subscriber talk to it.
-    pub _broker: Mosquitto,
+    /// The agent and the subscriber talk to it; `outage` stops and starts it.
+    pub broker: Mosquitto,
     pub lab: Lab,
 }
 
@@ -155,7 +155,7 @@ impl Bed {
             agent_bin: agent_bin.to_path_buf(),
             watch,
             spec,
-            _broker: broker,
+            broker,
             lab,
         })
     }
