@@ -26,6 +26,8 @@ pub struct Config {
     pub probe: ProbeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub disk: DiskConfig,
 }
 
 /// Who this RAE is and which port it watches.
@@ -89,6 +91,10 @@ pub struct RegistryConfig {
     /// long, while it kept talking, leaves its record.
     #[serde(default = "default_ipv6_expire_after_secs")]
     pub ipv6_expire_after_secs: u64,
+    /// At most this many open sessions; a new MAC at the cap evicts the least recently heard
+    /// offline session, or is refused when none is offline (counted either way).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
 }
 
 impl Default for RegistryConfig {
@@ -98,6 +104,7 @@ impl Default for RegistryConfig {
             offline_after_misses: default_offline_after_misses(),
             gone_after_secs: default_gone_after_secs(),
             ipv6_expire_after_secs: default_ipv6_expire_after_secs(),
+            max_sessions: default_max_sessions(),
         }
     }
 }
@@ -176,6 +183,10 @@ pub struct LogConfig {
     pub level: String,
     #[serde(default)]
     pub format: LogFormat,
+    /// Recurring warnings (refused MACs, coalescing, drops) of one kind: at most this many
+    /// lines a minute, then one summary line with the number suppressed.
+    #[serde(default = "default_log_max_per_minute")]
+    pub max_per_minute: u32,
 }
 
 impl Default for LogConfig {
@@ -183,6 +194,33 @@ impl Default for LogConfig {
         LogConfig {
             level: default_log_level(),
             format: LogFormat::default(),
+            max_per_minute: default_log_max_per_minute(),
+        }
+    }
+}
+
+/// The free-disk floor of the filesystem that holds `state_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Below this many free bytes the agent is short of disk ...
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// ... or below this percentage of the filesystem free (the higher floor applies).
+    #[serde(default = "default_min_free_percent")]
+    pub min_free_percent: u8,
+    /// Short of disk, the outbox quota drops to this (capped at `publish.outbox_max_bytes`),
+    /// so a broker outage coalesces harder instead of filling the flash.
+    #[serde(default = "default_low_outbox_max_bytes")]
+    pub low_outbox_max_bytes: u64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            min_free_bytes: default_min_free_bytes(),
+            min_free_percent: default_min_free_percent(),
+            low_outbox_max_bytes: default_low_outbox_max_bytes(),
         }
     }
 }
@@ -223,6 +261,10 @@ fn default_ipv6_expire_after_secs() -> u64 {
     1800
 }
 
+fn default_max_sessions() -> u64 {
+    4096
+}
+
 fn default_snapshot_interval_secs() -> u64 {
     300
 }
@@ -243,6 +285,18 @@ fn default_true() -> bool {
 }
 fn default_search_interval_secs() -> u64 {
     300
+}
+fn default_log_max_per_minute() -> u32 {
+    10
+}
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_min_free_percent() -> u8 {
+    5
+}
+fn default_low_outbox_max_bytes() -> u64 {
+    1024 * 1024
 }
 fn default_log_level() -> String {
     "info".to_string()
@@ -391,6 +445,12 @@ impl Config {
                 ),
             );
         }
+        if !(1..=1_000_000).contains(&r.max_sessions) {
+            return invalid(
+                "registry.max_sessions",
+                format!("{} is not in 1..=1000000", r.max_sessions),
+            );
+        }
         let p = &self.publish;
         if p.snapshot_interval_secs == 0 || p.inventory_interval_secs == 0 {
             return invalid(
@@ -427,6 +487,22 @@ impl Config {
                     .into(),
             );
         }
+        if self.log.max_per_minute == 0 {
+            return invalid("log.max_per_minute", "must be at least 1".into());
+        }
+        let d = &self.disk;
+        if d.min_free_percent > 50 {
+            return invalid(
+                "disk.min_free_percent",
+                format!("{} is not in 0..=50", d.min_free_percent),
+            );
+        }
+        if d.low_outbox_max_bytes < 64 * 1024 {
+            return invalid(
+                "disk.low_outbox_max_bytes",
+                format!("{} is below the minimum of 65536", d.low_outbox_max_bytes),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(
                 "log.level",
@@ -457,6 +533,7 @@ impl Config {
             publish: PublishConfig::default(),
             probe: ProbeConfig::default(),
             log: LogConfig::default(),
+            disk: DiskConfig::default(),
         }
     }
 
@@ -514,6 +591,16 @@ impl fmt::Display for Config {
             f,
             "publish             snapshots every {} s, inventory every {} s, outbox quota {} bytes",
             p.snapshot_interval_secs, p.inventory_interval_secs, p.outbox_max_bytes
+        )?;
+        writeln!(
+            f,
+            "bounds              at most {} sessions; disk floor {} bytes or {}% free, \
+             below it outbox quota {} bytes; at most {} log lines a minute per kind",
+            r.max_sessions,
+            self.disk.min_free_bytes,
+            self.disk.min_free_percent,
+            self.disk.low_outbox_max_bytes,
+            self.log.max_per_minute
         )?;
         writeln!(
             f,
@@ -682,6 +769,26 @@ mod tests {
             "publish.commit_max_delay_ms",
         );
         expect_invalid(&format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level");
+        expect_invalid(
+            &format!("{MINIMAL}\n[registry]\nmax_sessions = 0\n"),
+            "registry.max_sessions",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[log]\nmax_per_minute = 0\n"),
+            "log.max_per_minute",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[disk]\nmin_free_percent = 90\n"),
+            "disk.min_free_percent",
+        );
+        expect_invalid(
+            &format!("{MINIMAL}\n[disk]\nlow_outbox_max_bytes = 100\n"),
+            "disk.low_outbox_max_bytes",
+        );
+        assert!(
+            Config::parse(&format!("{MINIMAL}\n[disk]\nmin_free = 1\n")).is_err(),
+            "an unknown [disk] key is an error"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@
 //!   writes the status `raectl status` shows, speaks systemd's notify protocol.
 //! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
 //! - [`ctl`]: `raectl`'s rendering of the registry database (tables and JSON).
+//! - [`log_limit`]: recurring warnings at most `log.max_per_minute` a minute per kind, the
+//!   rest counted and summarized.
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
@@ -36,6 +38,7 @@ pub mod capture;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod log_limit;
 pub mod probe;
 pub mod publish;
 pub mod registry;

@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 8] = [
+const SECTIONS: [(&str, &str, &str); 9] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -37,10 +37,11 @@ const SECTIONS: [(&str, &str, &str); 8] = [
     ("publish.", "publish", "publisher"),
     ("registry.", "registry", "registry core"),
     ("probe.", "probe", "probes"),
+    ("log.", "log", "log lines suppressed by the per-kind limit"),
     (
         "store.",
         "store",
-        "registry database (the last recovery from damage)",
+        "registry database (disk floor, the last recovery from damage)",
     ),
 ];
 const OTHER: (&str, &str) = ("other", "other");
@@ -281,7 +282,7 @@ mod tests {
         report.counters.push(("integrity_recoveries".into(), 1));
         let text = status_text(&report, Path::new("/db"), 60_000);
         let section = text
-            .find("\nregistry database (the last recovery from damage)\n")
+            .find("\nregistry database (disk floor, the last recovery from damage)\n")
             .unwrap_or_else(|| panic!("no store section in\n{text}"));
         assert!(
             text.find("\nprobes\n").is_some_and(|p| p < section),

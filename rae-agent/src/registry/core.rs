@@ -36,6 +36,9 @@
 //!   skipped when the whole record went out less than half an interval before.
 //! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
 //!
+//! - At most `max_sessions` sessions are open; a new MAC at the cap evicts the least recently
+//!   heard offline session or is refused (see `bounds`).
+//!
 //! Cost: nothing scans all sessions except what must visit them all (`sessions`,
 //! `inventory`, a resync of every device, `resume`). The indexes (`index`) hold each
 //! session's earliest expiry (gone, offline, an IPv6 address ageing out) in an ordered set,
@@ -59,6 +62,7 @@ use rae_proto::{
     Liveness, Mac, SessionId, SessionSeq,
 };
 
+use super::bounds::{CapCounters, SessionCap};
 use super::change::{Cause, Change};
 use super::conflict::Contest;
 use super::ids::{RandomSessionIds, SessionIds};
@@ -88,6 +92,8 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     /// Restored sessions that duplicated another one's MAC: closed at the first tick.
     duplicates: Vec<RestoredSession>,
     ids: I,
+    /// `max_sessions` and the offline sessions it may evict (`bounds`).
+    pub(super) cap: SessionCap,
     /// Tests compare the fast path of `apply` with the full one.
     #[cfg(test)]
     full_path_only: bool,
@@ -221,6 +227,7 @@ impl<I: SessionIds> Core<I> {
             probe_cursor: state.probe_cursor,
             duplicates: state.duplicates,
             ids,
+            cap: SessionCap::new(config.max_sessions),
             #[cfg(test)]
             full_path_only: false,
         };
@@ -289,6 +296,9 @@ impl<I: SessionIds> Core<I> {
                 let Some(evidence) = evidence else {
                     return out;
                 };
+                if !self.make_room(now_ms, &mut out) {
+                    return out;
+                }
                 let Some(id) = self.fresh_id() else {
                     return out;
                 };
@@ -319,6 +329,7 @@ impl<I: SessionIds> Core<I> {
         };
         self.deadlines
             .set_expiry(mac, session.expiry_at(&self.timers));
+        self.cap.track(&session.record);
         match before {
             Some(before) => publish_update(session, &before, cause, &mut out),
             None => out.push(Change::Opened {
@@ -527,6 +538,48 @@ impl<I: SessionIds> Core<I> {
             .map(|s| s.record.mac)
     }
 
+    /// What the session cap did (`bounds`).
+    pub fn cap_counters(&self) -> CapCounters {
+        self.cap.counters
+    }
+
+    /// `max_sessions`, as configured.
+    pub fn max_sessions(&self) -> usize {
+        self.cap.max
+    }
+
+    /// Makes room for one more session at the cap (`bounds`): evicts offline sessions, least
+    /// recently heard first; false (counted) when none is offline. Each turn removes a
+    /// session, so the loop ends; it runs more than once only after the cap was lowered.
+    fn make_room(&mut self, now_ms: i64, out: &mut Vec<Change>) -> bool {
+        while self.sessions.len() >= self.cap.max {
+            let Some(victim) = self.cap.oldest_offline() else {
+                self.cap.counters.refused += 1;
+                return false;
+            };
+            let Some(mut session) = self.remove_session(victim) else {
+                self.cap.forget(victim);
+                continue;
+            };
+            self.cap.counters.evicted += 1;
+            out.push(Change::Closed {
+                session: session.id,
+                seq: session.bump(),
+                mac: victim,
+                reason: CloseReason::Gone,
+                cause: Cause {
+                    at_ms: now_ms,
+                    summary: format!(
+                        "evicted: {} sessions open (registry.max_sessions) and a new device \
+                         arrived; this one was offline and heard least recently",
+                        self.cap.max
+                    ),
+                },
+            });
+        }
+        true
+    }
+
     fn fresh_id(&mut self) -> Option<SessionId> {
         (0..ID_ATTEMPTS)
             .map(|_| self.ids.next_id())
@@ -556,6 +609,7 @@ impl<I: SessionIds> Core<I> {
         );
         self.addresses.move_v4(mac, None, session.record.ipv4);
         self.addresses.sync_v6(mac, &[], &session.record.ipv6);
+        self.cap.track(&session.record);
         self.sessions.insert(mac, session);
     }
 
@@ -570,6 +624,7 @@ impl<I: SessionIds> Core<I> {
         );
         self.addresses.move_v4(mac, session.record.ipv4, None);
         self.addresses.sync_v6(mac, &session.record.ipv6, &[]);
+        self.cap.forget(mac);
         Some(session)
     }
 
@@ -667,6 +722,7 @@ impl<I: SessionIds> Core<I> {
         if moved {
             self.deadlines
                 .set_expiry(mac, session.expiry_at(&self.timers));
+            self.cap.track(&session.record);
         }
     }
 }

@@ -1,0 +1,92 @@
+//! The cap on open sessions: what the core does when a new MAC arrives and `max_sessions`
+//! sessions are open already.
+//!
+//! Every unicast source MAC that proves it is alive opens a session, so without a cap a MAC
+//! flood (or a misbehaving DUT that randomizes its MAC per frame) grows the core, the
+//! database and the outbox without end. At the cap:
+//! - the session of the device heard least recently among the offline ones is closed
+//!   (`Closed { Gone }`, its cause names the cap) to make room, and counted as evicted: an
+//!   offline device has already missed its probes, so it is the one an operator misses least,
+//!   and its next frame opens a new session like any device back from `gone_after`;
+//! - when no session is offline, the new MAC is refused (no session, no event) and counted:
+//!   the devices already tracked are all alive and keep their sessions, and a flood of MACs
+//!   that each sent one frame goes offline within `offline_after_misses` probe rounds, after
+//!   which its sessions are evicted first.
+//!
+//! Choosing the victim costs O(log n): the offline sessions sit in an ordered set by when they
+//! were last heard, kept in step wherever a session goes offline or online, opens or closes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rae_proto::{DeviceRecord, Liveness, Mac};
+
+/// What the cap did since the core started, for `raectl status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapCounters {
+    /// Offline sessions closed to make room for a new MAC.
+    pub evicted: u64,
+    /// New MACs that got no session: the cap was reached and no session was offline.
+    pub refused: u64,
+}
+
+/// The cap and the offline sessions it may evict.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SessionCap {
+    pub max: usize,
+    pub counters: CapCounters,
+    /// MAC -> `last_seen_ms` of every offline open session, and the same pairs in eviction
+    /// order (least recently heard first; the MAC breaks ties).
+    offline: HashMap<Mac, i64>,
+    order: BTreeSet<(i64, Mac)>,
+}
+
+impl SessionCap {
+    pub fn new(max: usize) -> SessionCap {
+        SessionCap {
+            max: max.max(1),
+            ..SessionCap::default()
+        }
+    }
+
+    /// Brings the index in step with the record of the open session of `record.mac`.
+    pub fn track(&mut self, record: &DeviceRecord) {
+        let key = (record.reachability.state == Liveness::Offline).then_some(record.last_seen_ms);
+        self.set(record.mac, key);
+    }
+
+    /// The session of `mac` closed.
+    pub fn forget(&mut self, mac: Mac) {
+        self.set(mac, None);
+    }
+
+    /// The offline session to evict first.
+    pub fn oldest_offline(&self) -> Option<Mac> {
+        self.order.first().map(|(_, mac)| *mac)
+    }
+
+    fn set(&mut self, mac: Mac, last_seen: Option<i64>) {
+        let old = match last_seen {
+            Some(at) => self.offline.insert(mac, at),
+            None => self.offline.remove(&mac),
+        };
+        if old == last_seen {
+            return;
+        }
+        if let Some(old) = old {
+            self.order.remove(&(old, mac));
+        }
+        if let Some(at) = last_seen {
+            self.order.insert((at, mac));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn offline_len(&self) -> usize {
+        debug_assert_eq!(self.offline.len(), self.order.len());
+        self.offline.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "bounds_tests.rs"]
+mod tests;
