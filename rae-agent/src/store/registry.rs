@@ -51,6 +51,8 @@ pub struct Store {
     serial_written: Option<Serial>,
     /// The last free-disk sample and whether it was below the floor.
     disk: DiskState,
+    /// The sample at open found the disk short: counted with the first status write.
+    disk_crossed_at_open: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +106,24 @@ impl Store {
             history_since_trim: u64::MAX,
             serial_written: None,
             disk: DiskState::default(),
+            disk_crossed_at_open: false,
             options,
         })
         .map(|mut store| {
-            store.sample_disk();
+            store.disk_crossed_at_open = store.sample_disk();
             store
         })
+    }
+
+    /// A counter as `raectl status` shows it (0 when never counted).
+    pub fn counter(&self, key: &str) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|value| value.unwrap_or(0))
+            .context("reading a counter")
     }
 
     /// The outbox quota in force: the configured one, lower while short of disk.
@@ -271,7 +285,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.set_synchronous(Synchronous::Normal)?;
-        let crossed = self.sample_disk();
+        let crossed = self.sample_disk() | std::mem::take(&mut self.disk_crossed_at_open);
         if self.disk.low && crate::log_limit::allow("store.disk_low") {
             let floor = &self.options.disk_floor;
             tracing::warn!(
