@@ -234,14 +234,18 @@ fn sessions_opened_and_closed_while_pending_vanish_whole_and_the_quota_holds() {
     });
     // One device the cloud heard of: its Snapshot is handed to the publisher (no ack).
     let (mut known, opened) = Device::open(1, mac(1), 0);
-    store.commit(&[opened.clone()], &serial(), 0).unwrap();
+    store
+        .commit(std::slice::from_ref(&opened), &serial(), 0)
+        .unwrap();
     twin.commit(&[opened], &serial(), 0).unwrap();
     assert_eq!(
         store.outbox_peek(0, 1).unwrap(),
         twin.outbox_peek(0, 1).unwrap()
     );
     let close_known = known.close(1);
-    store.commit(&[close_known.clone()], &serial(), 1).unwrap();
+    store
+        .commit(std::slice::from_ref(&close_known), &serial(), 1)
+        .unwrap();
     twin.commit(&[close_known], &serial(), 1).unwrap();
     // The flood: 300 MACs that each open and close unpublished.
     for n in 0..300u32 {
