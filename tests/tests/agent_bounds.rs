@@ -242,6 +242,7 @@ fn a_flood_of_random_macs_is_bounded_and_real_duts_stay_tracked() {
     let registry = &status["status"]["registry"];
     println!("after the flood: registry {registry}");
     println!("log limit: {}", status["status"]["log"]);
+    println!("capture: {}", status["status"]["capture"]);
     assert_eq!(status_value(&status, "registry", "max_sessions"), Some(CAP));
     let open = status_value(&status, "registry", "sessions_open").unwrap_or(u64::MAX);
     assert!(open <= CAP, "{open} sessions open, over the cap of {CAP}");
