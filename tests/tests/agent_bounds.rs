@@ -5,7 +5,9 @@
 //!   session cap, and the real DUTs are still tracked;
 //! - a broker outage long enough for the outbox to exceed its quota: coalescing happens and is
 //!   counted, and after the broker returns the subscriber's stream (a coalesced Snapshot may
-//!   close a gap, nothing else may) folds to what `raectl devices --all --json` shows.
+//!   close a gap, nothing else may) folds to what `raectl devices --all --json` shows;
+//! - a MAC flood during an outage: evicted sessions the cloud never heard of vanish whole,
+//!   counted, the quota holds throughout, and the stream still folds to the registry.
 //!
 //! Needs root, iproute2, dnsmasq and mosquitto, and the workspace built (`cargo build`).
 
@@ -469,6 +471,146 @@ fn an_outage_over_the_quota_coalesces_counts_and_converges_at_the_subscriber() {
         stream.gaps_closed > 0,
         "the subscriber saw coalesced Snapshots close gaps"
     );
+    let exit = agent.terminate(Duration::from_secs(20)).expect("SIGTERM");
+    assert!(exit.success(), "exit status {exit}");
+}
+
+/// A MAC flood during a broker outage: the session cap evicts the flood's sessions once they
+/// are offline, and each evicted session the cloud never heard of vanishes whole from the
+/// outbox when it is over its quota, so the quota holds (nothing counted as unmet); after the
+/// broker returns the stream folds to the registry, which no longer lists them either.
+#[test]
+fn a_mac_flood_during_an_outage_holds_the_quota_by_vanishing_unpublished_sessions() {
+    let lab = Lab::start(LabConfig::default()).unwrap_or_else(|e| panic!("starting the lab: {e}"));
+    let mut broker = Mosquitto::start_with(MosquittoOptions {
+        persistence: true,
+        auth: None,
+    })
+    .unwrap_or_else(|e| panic!("starting mosquitto: {e}"));
+    let watch = MqttWatch::start_with_session(
+        broker.host(),
+        broker.port(),
+        "cloud-sub",
+        &["rae/v1/#"],
+        false,
+    )
+    .unwrap_or_else(|e| panic!("subscribing: {e}"));
+    let mut spec = AgentSpec::for_lab(
+        "LAB-RAE-CHURN",
+        lab.bridge_name(),
+        &lab.dir().join("agent"),
+        broker.host(),
+        broker.port(),
+    );
+    let cap = 128;
+    spec.max_sessions = Some(cap);
+    spec.outbox_max_bytes = Some(SMALL_QUOTA);
+    spec.probes_per_sec = Some(2_000);
+    spec.ssdp = false;
+    spec.mdns = false;
+    spec.log_level = "info".to_owned();
+    let (mut agent, _) = Agent::start_online(&spec, &watch, WAIT)
+        .unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
+    let dut = udhcpc(&lab, "tv-churn");
+    let session = wait_tracked(&lab, &mut agent, &dut, "the real DUT tracked");
+    let injector_dut = lab
+        .add_dut(DutSpec::new(
+            "injector",
+            DutKind::StaticV4 {
+                addr: lab.net().host_v4(200),
+            },
+        ))
+        .unwrap_or_else(|e| panic!("adding the injecting DUT: {e}"));
+    let injector = Injector::open(injector_dut.ns_name(), "eth0")
+        .unwrap_or_else(|e| panic!("opening the injector: {e}"));
+
+    broker
+        .stop()
+        .unwrap_or_else(|e| panic!("stopping mosquitto: {e}"));
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(lab.slot()));
+    // 50 new MACs per look at the status until sessions vanished: the flood's sessions go
+    // offline after three missed probe rounds, are evicted for newer ones, and vanish over the
+    // quota.
+    let mut sent = 0u64;
+    let status = wait_until(
+        "closed unpublished sessions vanishing, counted",
+        WAIT,
+        || {
+            agent.ensure_running()?;
+            for _ in 0..50 {
+                injector
+                    .send(&arp_announcement(rng.mac(), rng.lab_v4()))
+                    .map_err(|e| lab_error("injecting", e.to_string()))?;
+                sent += 1;
+            }
+            let json = status_json(&spec).map_err(|e| lab_error("raectl status", e))?;
+            let vanished = counter(&json, "outbox_vanished_sessions");
+            let bytes = number(&json["outbox"]["bytes"]).unwrap_or(u64::MAX);
+            assert!(
+                bytes <= SMALL_QUOTA,
+                "after {sent} MACs the outbox holds {bytes} bytes, over its quota {SMALL_QUOTA}"
+            );
+            Ok(if vanished > 0 {
+                Ok(json)
+            } else {
+                Err(format!(
+                    "{sent} MACs sent, evicted {:?}, outbox {}",
+                    status_value(&json, "registry", "sessions_evicted"),
+                    json["outbox"]
+                ))
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail()));
+    println!(
+        "churn: {sent} MACs; registry {}; outbox {}; counters {}",
+        status["status"]["registry"], status["outbox"], status["counters"]
+    );
+    assert_eq!(
+        counter(&status, "outbox_quota_unmet"),
+        0,
+        "the quota was met"
+    );
+    assert!(status_value(&status, "registry", "sessions_evicted").unwrap_or(0) > 0);
+
+    broker
+        .start_again()
+        .unwrap_or_else(|e| panic!("restarting mosquitto: {e}"));
+    let stream = wait_until(
+        "the subscriber's folded stream equal to raectl devices --all --json",
+        Duration::from_secs(90),
+        || {
+            agent.ensure_running()?;
+            let json = status_json(&spec).map_err(|e| lab_error("raectl status", e))?;
+            let rows = number(&json["outbox"]["rows"]).unwrap_or(u64::MAX);
+            if rows != 0 {
+                return Ok(Err(format!("{rows} rows still pending")));
+            }
+            let registry = devices(&spec, true).map_err(|e| lab_error("raectl devices", e))?;
+            let stream = match Stream::check(&watch.messages()) {
+                Ok(stream) => stream,
+                Err(problems) => return Ok(Err(format!("stream check: {problems}"))),
+            };
+            Ok(match stream.matches_registry(&registry.to_string()) {
+                Ok(()) => Ok(stream),
+                Err(problems) => Err(problems),
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail()));
+    println!(
+        "stream: {} events, {} sessions, {} gaps closed",
+        stream.events,
+        stream.sessions.len(),
+        stream.gaps_closed
+    );
+    let now = wait_tracked(
+        &lab,
+        &mut agent,
+        &dut,
+        "the real DUT tracked after the churn",
+    );
+    assert_eq!(now, session, "the real DUT kept its session");
     let exit = agent.terminate(Duration::from_secs(20)).expect("SIGTERM");
     assert!(exit.success(), "exit status {exit}");
 }
