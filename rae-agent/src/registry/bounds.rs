@@ -18,7 +18,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use rae_proto::{DeviceRecord, Liveness, Mac};
+use rae_proto::{CloseReason, DeviceRecord, Liveness, Mac};
+
+use super::change::{Cause, Change};
+use super::core::Core;
+use super::ids::SessionIds;
 
 /// What the cap did since the core started, for `raectl status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +88,50 @@ impl SessionCap {
     pub fn offline_len(&self) -> usize {
         debug_assert_eq!(self.offline.len(), self.order.len());
         self.offline.len()
+    }
+}
+
+impl<I: SessionIds> Core<I> {
+    /// What the session cap did (`bounds`).
+    pub fn cap_counters(&self) -> CapCounters {
+        self.cap.counters
+    }
+
+    /// `max_sessions`, as configured.
+    pub fn max_sessions(&self) -> usize {
+        self.cap.max
+    }
+
+    /// Makes room for one more session at the cap (`bounds`): evicts offline sessions, least
+    /// recently heard first; false (counted) when none is offline. Each turn removes a
+    /// session, so the loop ends; it runs more than once only after the cap was lowered.
+    pub(super) fn make_room(&mut self, now_ms: i64, out: &mut Vec<Change>) -> bool {
+        while self.sessions.len() >= self.cap.max {
+            let Some(victim) = self.cap.oldest_offline() else {
+                self.cap.counters.refused += 1;
+                return false;
+            };
+            let Some(mut session) = self.remove_session(victim) else {
+                self.cap.forget(victim);
+                continue;
+            };
+            self.cap.counters.evicted += 1;
+            out.push(Change::Closed {
+                session: session.id,
+                seq: session.bump(),
+                mac: victim,
+                reason: CloseReason::Gone,
+                cause: Cause {
+                    at_ms: now_ms,
+                    summary: format!(
+                        "evicted: {} sessions open (registry.max_sessions) and a new device \
+                         arrived; this one was offline and heard least recently",
+                        self.cap.max
+                    ),
+                },
+            });
+        }
+        true
     }
 }
 

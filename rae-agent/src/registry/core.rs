@@ -62,7 +62,7 @@ use rae_proto::{
     Liveness, Mac, SessionId, SessionSeq,
 };
 
-use super::bounds::{CapCounters, SessionCap};
+use super::bounds::SessionCap;
 use super::change::{Cause, Change};
 use super::conflict::Contest;
 use super::ids::{RandomSessionIds, SessionIds};
@@ -538,48 +538,6 @@ impl<I: SessionIds> Core<I> {
             .map(|s| s.record.mac)
     }
 
-    /// What the session cap did (`bounds`).
-    pub fn cap_counters(&self) -> CapCounters {
-        self.cap.counters
-    }
-
-    /// `max_sessions`, as configured.
-    pub fn max_sessions(&self) -> usize {
-        self.cap.max
-    }
-
-    /// Makes room for one more session at the cap (`bounds`): evicts offline sessions, least
-    /// recently heard first; false (counted) when none is offline. Each turn removes a
-    /// session, so the loop ends; it runs more than once only after the cap was lowered.
-    fn make_room(&mut self, now_ms: i64, out: &mut Vec<Change>) -> bool {
-        while self.sessions.len() >= self.cap.max {
-            let Some(victim) = self.cap.oldest_offline() else {
-                self.cap.counters.refused += 1;
-                return false;
-            };
-            let Some(mut session) = self.remove_session(victim) else {
-                self.cap.forget(victim);
-                continue;
-            };
-            self.cap.counters.evicted += 1;
-            out.push(Change::Closed {
-                session: session.id,
-                seq: session.bump(),
-                mac: victim,
-                reason: CloseReason::Gone,
-                cause: Cause {
-                    at_ms: now_ms,
-                    summary: format!(
-                        "evicted: {} sessions open (registry.max_sessions) and a new device \
-                         arrived; this one was offline and heard least recently",
-                        self.cap.max
-                    ),
-                },
-            });
-        }
-        true
-    }
-
     fn fresh_id(&mut self) -> Option<SessionId> {
         (0..ID_ATTEMPTS)
             .map(|_| self.ids.next_id())
@@ -614,7 +572,7 @@ impl<I: SessionIds> Core<I> {
     }
 
     /// Takes an open session out, with its index entries.
-    fn remove_session(&mut self, mac: Mac) -> Option<Session> {
+    pub(super) fn remove_session(&mut self, mac: Mac) -> Option<Session> {
         let session = self.sessions.remove(&mac)?;
         self.by_id.remove(&session.id);
         self.deadlines.remove(
