@@ -35,7 +35,6 @@
 //! - Periodic Snapshots: each session has its own slot in the Snapshot interval (from its id),
 //!   skipped when the whole record went out less than half an interval before.
 //! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
-//!
 //! - At most `max_sessions` sessions are open; a new MAC at the cap evicts the least recently
 //!   heard offline session or is refused (see `bounds`).
 //!
