@@ -26,6 +26,8 @@ pub struct Config {
     pub probe: ProbeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub disk: DiskConfig,
 }
 
 /// Who this RAE is and which port it watches.
@@ -89,6 +91,10 @@ pub struct RegistryConfig {
     /// long, while it kept talking, leaves its record.
     #[serde(default = "default_ipv6_expire_after_secs")]
     pub ipv6_expire_after_secs: u64,
+    /// At most this many open sessions; a new MAC at the cap evicts the least recently heard
+    /// offline session, or is refused when none is offline (counted either way).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
 }
 
 impl Default for RegistryConfig {
@@ -98,6 +104,7 @@ impl Default for RegistryConfig {
             offline_after_misses: default_offline_after_misses(),
             gone_after_secs: default_gone_after_secs(),
             ipv6_expire_after_secs: default_ipv6_expire_after_secs(),
+            max_sessions: default_max_sessions(),
         }
     }
 }
@@ -176,6 +183,10 @@ pub struct LogConfig {
     pub level: String,
     #[serde(default)]
     pub format: LogFormat,
+    /// Recurring warnings (refused MACs, coalescing, drops) of one kind: at most this many
+    /// lines a minute, then one summary line with the number suppressed.
+    #[serde(default = "default_log_max_per_minute")]
+    pub max_per_minute: u32,
 }
 
 impl Default for LogConfig {
@@ -183,6 +194,33 @@ impl Default for LogConfig {
         LogConfig {
             level: default_log_level(),
             format: LogFormat::default(),
+            max_per_minute: default_log_max_per_minute(),
+        }
+    }
+}
+
+/// The free-disk floor of the filesystem that holds `state_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Below this many free bytes the agent is short of disk ...
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// ... or below this percentage of the filesystem free (the higher floor applies).
+    #[serde(default = "default_min_free_percent")]
+    pub min_free_percent: u8,
+    /// Short of disk, the outbox quota drops to this (capped at `publish.outbox_max_bytes`),
+    /// so a broker outage coalesces harder instead of filling the flash.
+    #[serde(default = "default_low_outbox_max_bytes")]
+    pub low_outbox_max_bytes: u64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            min_free_bytes: default_min_free_bytes(),
+            min_free_percent: default_min_free_percent(),
+            low_outbox_max_bytes: default_low_outbox_max_bytes(),
         }
     }
 }
@@ -223,6 +261,10 @@ fn default_ipv6_expire_after_secs() -> u64 {
     1800
 }
 
+fn default_max_sessions() -> u64 {
+    4096
+}
+
 fn default_snapshot_interval_secs() -> u64 {
     300
 }
@@ -243,6 +285,18 @@ fn default_true() -> bool {
 }
 fn default_search_interval_secs() -> u64 {
     300
+}
+fn default_log_max_per_minute() -> u32 {
+    10
+}
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_min_free_percent() -> u8 {
+    5
+}
+fn default_low_outbox_max_bytes() -> u64 {
+    1024 * 1024
 }
 fn default_log_level() -> String {
     "info".to_string()
@@ -391,6 +445,12 @@ impl Config {
                 ),
             );
         }
+        if !(1..=1_000_000).contains(&r.max_sessions) {
+            return invalid(
+                "registry.max_sessions",
+                format!("{} is not in 1..=1000000", r.max_sessions),
+            );
+        }
         let p = &self.publish;
         if p.snapshot_interval_secs == 0 || p.inventory_interval_secs == 0 {
             return invalid(
@@ -427,6 +487,22 @@ impl Config {
                     .into(),
             );
         }
+        if self.log.max_per_minute == 0 {
+            return invalid("log.max_per_minute", "must be at least 1".into());
+        }
+        let d = &self.disk;
+        if d.min_free_percent > 50 {
+            return invalid(
+                "disk.min_free_percent",
+                format!("{} is not in 0..=50", d.min_free_percent),
+            );
+        }
+        if d.low_outbox_max_bytes < 64 * 1024 {
+            return invalid(
+                "disk.low_outbox_max_bytes",
+                format!("{} is below the minimum of 65536", d.low_outbox_max_bytes),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(
                 "log.level",
@@ -457,6 +533,7 @@ impl Config {
             publish: PublishConfig::default(),
             probe: ProbeConfig::default(),
             log: LogConfig::default(),
+            disk: DiskConfig::default(),
         }
     }
 
@@ -517,6 +594,16 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
+            "bounds              at most {} sessions; disk floor {} bytes or {}% free, \
+             below it outbox quota {} bytes; at most {} log lines a minute per kind",
+            r.max_sessions,
+            self.disk.min_free_bytes,
+            self.disk.min_free_percent,
+            self.disk.low_outbox_max_bytes,
+            self.log.max_per_minute
+        )?;
+        writeln!(
+            f,
             "store commits       {}, events wait at most {} ms",
             if p.commit_adaptive {
                 "adaptive (quiet: at once)"
@@ -549,175 +636,5 @@ impl fmt::Display for Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        [agent]
-        serial = "RAE-0001"
-        lan_interface = "lan0"
-        [mqtt]
-        host = "broker.lab"
-    "#;
-
-    fn parse_valid(text: &str) -> Result<Config, ConfigError> {
-        let config = Config::parse(text)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn expect_invalid(text: &str, key: &str) {
-        match parse_valid(text) {
-            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
-            other => panic!("expected {key} to be rejected, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn minimal_config_gets_the_documented_defaults() {
-        let config = parse_valid(MINIMAL).expect("minimal config is valid");
-        assert_eq!(config.mqtt.port, 1883);
-        assert_eq!(config.client_id(), "RAE-0001");
-        assert_eq!(config.registry.probe_interval_secs, 10);
-        assert_eq!(config.registry.offline_after_misses, 3);
-        assert_eq!(config.registry.gone_after_secs, 600);
-        assert_eq!(config.registry.ipv6_expire_after_secs, 1800);
-        assert_eq!(config.agent.state_dir, Path::new("/var/lib/rae-agent"));
-        assert_eq!(config.log.format, LogFormat::Text);
-        assert!(config.publish.commit_adaptive);
-        assert_eq!(config.publish.commit_max_delay_ms, 100);
-    }
-
-    #[test]
-    fn the_commit_policy_comes_from_the_publish_table() {
-        let text =
-            format!("{MINIMAL}\n[publish]\ncommit_adaptive = false\ncommit_max_delay_ms = 250\n");
-        let config = parse_valid(&text).expect("valid");
-        let commit = crate::store::StoreThreadOptions::from_config(&config).commit;
-        assert!(!commit.adaptive);
-        assert_eq!(commit.max_delay, std::time::Duration::from_millis(250));
-    }
-
-    #[test]
-    fn the_shipped_example_is_valid_and_spells_out_the_defaults() {
-        let example = parse_valid(include_str!("../config.example.toml"))
-            .expect("config.example.toml must stay valid");
-        let mut minimal = parse_valid(MINIMAL).expect("minimal config is valid");
-        minimal.mqtt.host = example.mqtt.host.clone();
-        assert_eq!(example, minimal, "the example must show the real defaults");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_in_every_table() {
-        for (table, extra) in [
-            ("[agent]", "colour = \"blue\""),
-            ("[mqtt]", "hostname = \"x\""),
-        ] {
-            let text = MINIMAL.replace(table, &format!("{table}\n{extra}"));
-            let err = Config::parse(&text).expect_err("unknown key must fail");
-            assert!(
-                err.to_string().contains("unknown field"),
-                "error should name the unknown field: {err}"
-            );
-        }
-        let text = format!("{MINIMAL}\n[registry]\ngone_after = 5\n");
-        assert!(Config::parse(&text).is_err());
-        let text = format!("{MINIMAL}\n[surprise]\nx = 1\n");
-        assert!(Config::parse(&text).is_err());
-    }
-
-    #[test]
-    fn missing_required_keys_are_named() {
-        let err = Config::parse("[agent]\nserial = \"A\"\n").expect_err("no mqtt table");
-        let text = err.to_string();
-        assert!(
-            text.contains("lan_interface") || text.contains("mqtt"),
-            "error should name what is missing: {text}"
-        );
-    }
-
-    #[test]
-    fn wrong_types_are_rejected() {
-        let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = \"x\"");
-        assert!(Config::parse(&text).is_err());
-        let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = 70000");
-        assert!(Config::parse(&text).is_err());
-    }
-
-    #[test]
-    fn bad_values_are_rejected_with_their_key() {
-        expect_invalid(&MINIMAL.replace("RAE-0001", "rae/0001"), "agent.serial");
-        expect_invalid(&MINIMAL.replace("RAE-0001", ""), "agent.serial");
-        expect_invalid(
-            &MINIMAL.replace("RAE-0001", &"x".repeat(65)),
-            "agent.serial",
-        );
-        expect_invalid(
-            &MINIMAL.replace("lan0", "a-very-long-interface-name"),
-            "agent.lan_interface",
-        );
-        expect_invalid(&MINIMAL.replace("broker.lab", " "), "mqtt.host");
-        expect_invalid(
-            &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 0\n"),
-            "registry.probe_interval_secs",
-        );
-        expect_invalid(
-            &format!("{MINIMAL}\n[registry]\noffline_after_misses = 0\n"),
-            "registry.offline_after_misses",
-        );
-        expect_invalid(
-            &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 10\ngone_after_secs = 30\n"),
-            "registry.gone_after_secs",
-        );
-        expect_invalid(
-            &format!("{MINIMAL}\n[registry]\nipv6_expire_after_secs = 10\n"),
-            "registry.ipv6_expire_after_secs",
-        );
-        expect_invalid(
-            &format!("{MINIMAL}\n[publish]\noutbox_max_bytes = 10\n"),
-            "publish.outbox_max_bytes",
-        );
-        expect_invalid(
-            &format!("{MINIMAL}\n[publish]\ncommit_max_delay_ms = 0\n"),
-            "publish.commit_max_delay_ms",
-        );
-        expect_invalid(&format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level");
-    }
-
-    #[test]
-    fn overrides_replace_file_values_and_are_validated() {
-        let mut config = Config::parse(MINIMAL).expect("parses");
-        config.apply(&Overrides {
-            serial: Some("RAE-9".into()),
-            mqtt_port: Some(8883),
-            lan_interface: Some("br0".into()),
-            ..Overrides::default()
-        });
-        assert_eq!(config.agent.serial, "RAE-9");
-        assert_eq!(config.mqtt.port, 8883);
-        assert_eq!(config.agent.lan_interface, "br0");
-        config.apply(&Overrides {
-            serial: Some("bad serial".into()),
-            ..Overrides::default()
-        });
-        assert!(config.validate().is_err());
-    }
-
-    #[test]
-    fn load_names_the_file_in_errors() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("nope.toml");
-        let err = Config::load(&missing, &Overrides::default()).expect_err("missing file");
-        assert!(err.to_string().contains("nope.toml"), "{err}");
-
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, "[agent\n").expect("write");
-        let err = Config::load(&bad, &Overrides::default()).expect_err("bad toml");
-        assert!(err.to_string().contains("bad.toml"), "{err}");
-
-        let good = dir.path().join("good.toml");
-        std::fs::write(&good, MINIMAL).expect("write");
-        let config = Config::load(&good, &Overrides::default()).expect("good config loads");
-        assert_eq!(config.agent.serial, "RAE-0001");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -11,10 +11,14 @@
 //!   reachability with hysteresis, IPv4 and IPv6 conflicts, IPv6 addresses from DAD probes and
 //!   NS/NA with ageing, OUI vendor); time and session ids are arguments. A deadline queue and
 //!   indexes keep `tick`, `due_probes` and lookups at O(log n) per item, not per session.
+//!   At most `registry.max_sessions` sessions are open: a new MAC at the cap evicts the least
+//!   recently heard offline session, else it is refused (both counted).
 //! - [`store`]: the only owner of the SQLite connection: registry rows, bounded history, the
 //!   transactional outbox with its byte quota, an adaptive commit (a quiet change commits at
 //!   once, batching only under load), an integrity check at start (a damaged database is moved
-//!   aside and a fresh one created, counted), and the read-only reader `raectl` uses.
+//!   aside and a fresh one created, counted), and the read-only reader `raectl` uses. The quota
+//!   holds for every session (closed sessions the cloud never heard of vanish whole, counted);
+//!   below a free-disk floor it drops to `disk.low_outbox_max_bytes`.
 //! - [`publish`]: the only owner of the MQTT connection: drains the outbox at QoS 1, deleting a
 //!   row only after its PUBACK; retained status with a Last Will; the inventory. A supervisor
 //!   restarts it with backoff when it fails (counted) and stops the daemon when it cannot.
@@ -27,6 +31,8 @@
 //!   writes the status `raectl status` shows, speaks systemd's notify protocol.
 //! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
 //! - [`ctl`]: `raectl`'s rendering of the registry database (tables and JSON).
+//! - [`log_limit`]: recurring warnings at most `log.max_per_minute` a minute per kind, the
+//!   rest counted and summarized.
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
@@ -38,6 +44,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod log_limit;
 pub mod probe;
 pub mod publish;
 pub mod registry;

@@ -154,6 +154,7 @@ fn replay(path: &std::path::Path, args: &Args, overrides: &Overrides) -> ExitCod
 }
 
 fn init_tracing(config: &Config) {
+    rae_agent::log_limit::configure(config.log.max_per_minute);
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: the journal and log files get plain text.

@@ -29,6 +29,7 @@ fn short_config() -> CoreConfig {
         conflict_note_interval: Duration::from_secs(4),
         max_ipv6_per_device: 3,
         own_macs: vec![OWN],
+        max_sessions: 4096,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Random runs of a registry (opens, updates, snapshots, closes, sightings), with a publisher
 //! that delivers and acks part of the outbox, refused batches and restarts, against a small
 //! quota. Checks that the SQLite store and its in-memory twin agree row for row, and that a
-//! sink folding what it was delivered plus what is left ends where it would with every event.
+//! sink folding what it was delivered plus what is left ends where it would with every event,
+//! except for the sessions the quota dropped whole: each of those was closed and never handed
+//! to the publisher (the cloud never heard of it), and they are counted.
 
 mod store_common;
 
@@ -9,7 +11,10 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use rae_agent::registry::Change;
-use rae_agent::store::{MemoryStore, OutboxRow, RegistryStore, Store, StoreError, StoreOptions};
+use rae_agent::store::{
+    MemoryStore, OutboxRow, RegistryStore, Store, StoreError, StoreOptions, VANISHED_SESSIONS,
+};
+use rae_proto::{Envelope, SessionId};
 use store_common::{field, fold, mac, serial, values_without_last_seen, Device};
 
 const QUOTA: u64 = 700;
@@ -188,6 +193,7 @@ impl Run {
         let a = self.sqlite.commit(&batch, &serial(), now).unwrap();
         let b = self.twin.commit(&batch, &serial(), now).unwrap();
         prop_assert_eq!(&a.coalesced, &b.coalesced);
+        prop_assert_eq!(a.vanished, b.vanished);
         prop_assert_eq!(a.quota_unmet, b.quota_unmet);
         prop_assert_eq!(a.outbox, b.outbox);
         prop_assert_eq!(a.events, b.events);
@@ -216,17 +222,40 @@ impl Run {
         prop_assert!(stats.bytes <= QUOTA || self.unmet, "outbox {stats:?}");
 
         let every = self.reference.outbox_peek(0, usize::MAX).unwrap();
-        let full = fold(every.iter().map(|r| r.payload.as_slice()));
-        let sink = fold(
+        let mut full = values_without_last_seen(&fold(every.iter().map(|r| r.payload.as_slice())));
+        let sink = values_without_last_seen(&fold(
             self.delivered
                 .iter()
                 .map(Vec::as_slice)
                 .chain(left.iter().map(|r| r.payload.as_slice())),
-        );
+        ));
+        let handed_out: std::collections::BTreeSet<SessionId> = self
+            .sent
+            .values()
+            .map(|payload| Envelope::decode(payload).expect("sent rows decode").session)
+            .collect();
+        let vanished: Vec<SessionId> = full
+            .keys()
+            .filter(|session| !sink.contains_key(session))
+            .copied()
+            .collect();
+        for session in &vanished {
+            prop_assert!(
+                full[session].1.is_some(),
+                "session {session} vanished while open"
+            );
+            prop_assert!(
+                !handed_out.contains(session),
+                "session {session} vanished after a row of it was handed to the publisher"
+            );
+            full.remove(session);
+        }
         prop_assert_eq!(
-            values_without_last_seen(&sink),
-            values_without_last_seen(&full)
+            self.sqlite.counter(VANISHED_SESSIONS).unwrap(),
+            vanished.len() as i64
         );
+        prop_assert_eq!(self.twin.counter(VANISHED_SESSIONS), vanished.len() as i64);
+        prop_assert_eq!(sink, full);
         Ok(())
     }
 }

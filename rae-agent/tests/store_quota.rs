@@ -216,3 +216,125 @@ fn an_unmet_quota_is_counted_and_nothing_is_lost() {
     let counters: BTreeMap<String, i64> = reader.counters().unwrap().into_iter().collect();
     assert_eq!(counters.get(QUOTA_UNMET).copied(), Some(unmet as i64));
 }
+
+/// A MAC flood during an outage: sessions open and close while all their events wait. Without
+/// a rule for them every one leaves a Snapshot and a Closed, and the quota is lost; those the
+/// cloud never heard of vanish whole instead, counted, from the outbox and the registry, in
+/// SQLite and in the twin alike. A session with a row handed to the publisher never vanishes.
+#[test]
+fn sessions_opened_and_closed_while_pending_vanish_whole_and_the_quota_holds() {
+    use rae_agent::store::{MemoryStore, RegistryStore, VANISHED_EVENTS, VANISHED_SESSIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let quota = 4_000;
+    let mut store = open(&path, quota);
+    let mut twin = MemoryStore::new(StoreOptions {
+        outbox_max_bytes: quota,
+        ..StoreOptions::default()
+    });
+    // One device the cloud heard of: its Snapshot is handed to the publisher (no ack).
+    let (mut known, opened) = Device::open(1, mac(1), 0);
+    store
+        .commit(std::slice::from_ref(&opened), &serial(), 0)
+        .unwrap();
+    twin.commit(&[opened], &serial(), 0).unwrap();
+    assert_eq!(
+        store.outbox_peek(0, 1).unwrap(),
+        twin.outbox_peek(0, 1).unwrap()
+    );
+    let close_known = known.close(1);
+    store
+        .commit(std::slice::from_ref(&close_known), &serial(), 1)
+        .unwrap();
+    twin.commit(&[close_known], &serial(), 1).unwrap();
+    // The flood: 300 MACs that each open and close unpublished.
+    for n in 0..300u32 {
+        let (mut flood, opened) = Device::open(100 + n, mac((n % 250) as u8 + 2), 10);
+        let batch = vec![opened, flood.close(11)];
+        let a = store.commit(&batch, &serial(), 10 + i64::from(n)).unwrap();
+        let b = twin.commit(&batch, &serial(), 10 + i64::from(n)).unwrap();
+        assert_eq!((a.vanished, a.outbox), (b.vanished, b.outbox), "commit {n}");
+        assert!(
+            a.outbox.bytes <= quota,
+            "commit {n}: {} bytes over the quota {quota}",
+            a.outbox.bytes
+        );
+        assert!(!a.quota_unmet, "commit {n}");
+    }
+    let vanished = store.counter(VANISHED_SESSIONS).unwrap();
+    assert!(vanished > 0, "the flood went over the quota");
+    assert_eq!(twin.counter(VANISHED_SESSIONS), vanished);
+    assert_eq!(store.counter(VANISHED_EVENTS).unwrap(), 2 * vanished);
+    // The known session's rows are untouched, and it is still in the registry.
+    let rows = store.outbox_peek(0, usize::MAX).unwrap();
+    assert_eq!(rows, twin.outbox_peek(0, usize::MAX).unwrap());
+    let known_rows: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.session == known.session)
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(known_rows, [1, 2], "Snapshot in flight and Closed stay");
+    let reader = StoreReader::open_read_only(&path).unwrap();
+    let listed = reader.devices(true).unwrap();
+    assert!(listed.iter().any(|d| d.session == known.session));
+    assert_eq!(
+        listed.len() as i64 + vanished,
+        301,
+        "vanished sessions leave the registry too, so it agrees with the cloud"
+    );
+}
+
+/// Short of disk (a floor no filesystem meets), the quota drops to `low_outbox_max_bytes`:
+/// pending events coalesce at that size, the status says so and the crossing is counted.
+#[test]
+fn below_the_disk_floor_the_quota_drops_and_it_shows() {
+    use rae_agent::store::floor::DiskFloor;
+    use rae_agent::store::DISK_FLOOR_REACHED;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let low = 2_000;
+    let options = StoreOptions {
+        outbox_max_bytes: 1 << 20,
+        disk_floor: DiskFloor {
+            min_free_bytes: u64::MAX,
+            min_free_percent: 0,
+            low_outbox_max_bytes: low,
+        },
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(&path, options).unwrap();
+    assert_eq!(store.effective_quota(), low);
+    let (mut a, opened) = Device::open(1, mac(1), 0);
+    store.commit(&[opened], &serial(), 0).unwrap();
+    let mut coalesced = 0;
+    for n in 0..100u8 {
+        let report = store
+            .commit(&[a.update(vec![field(n, n)], 1)], &serial(), 1)
+            .unwrap();
+        coalesced += report.coalesced.len();
+        assert!(
+            report.outbox.bytes <= low,
+            "commit {n}: {:?}",
+            report.outbox
+        );
+    }
+    assert!(coalesced > 0, "the lower quota coalesced");
+    store.write_status(&[], 2).unwrap();
+    let reader = StoreReader::open_read_only(&path).unwrap();
+    let status: BTreeMap<String, String> = reader
+        .read_status()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    assert_eq!(
+        status.get("store.disk_low").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        status.get("store.outbox_quota_bytes"),
+        Some(&low.to_string())
+    );
+    assert!(status.contains_key("store.disk_free_bytes"), "{status:?}");
+    assert_eq!(store.counter(DISK_FLOOR_REACHED).unwrap(), 1);
+}

@@ -36,6 +36,11 @@ pub struct AgentSpec {
     pub log_level: String,
     /// Extra environment for the agent process (fault-injection variables).
     pub env: Vec<(String, String)>,
+    /// `registry.max_sessions`, `publish.outbox_max_bytes`, `probe.max_per_sec`: the agent's
+    /// defaults when `None`.
+    pub max_sessions: Option<u64>,
+    pub outbox_max_bytes: Option<u64>,
+    pub probes_per_sec: Option<u32>,
 }
 
 impl AgentSpec {
@@ -65,17 +70,29 @@ impl AgentSpec {
             status_interval_secs: 1,
             log_level: "info,rae_agent=debug".to_owned(),
             env: Vec::new(),
+            max_sessions: None,
+            outbox_max_bytes: None,
+            probes_per_sec: None,
         }
     }
 
     pub fn toml(&self) -> String {
+        let optional = |key: &str, value: Option<String>| {
+            value.map_or_else(String::new, |v| format!("{key} = {v}\n"))
+        };
+        let registry = optional("max_sessions", self.max_sessions.map(|v| v.to_string()));
+        let publish = optional(
+            "outbox_max_bytes",
+            self.outbox_max_bytes.map(|v| v.to_string()),
+        );
+        let probe = optional("max_per_sec", self.probes_per_sec.map(|v| v.to_string()));
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
              control_socket = {:?}\nstatus_interval_secs = {}\n\
              [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n\
-             [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n\
-             [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n\
-             [probe]\nssdp = {}\nssdp_search_interval_secs = {}\nmdns = {}\nmdns_query_interval_secs = {}\n\
+             [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
+             [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
+             [probe]\nssdp = {}\nssdp_search_interval_secs = {}\nmdns = {}\nmdns_query_interval_secs = {}\n{}\
              [log]\nlevel = {:?}\n",
             self.serial,
             self.interface,
@@ -87,12 +104,15 @@ impl AgentSpec {
             self.probe_interval_secs,
             self.offline_after_misses,
             self.gone_after_secs,
+            registry,
             self.snapshot_interval_secs,
             self.inventory_interval_secs,
+            publish,
             self.ssdp,
             self.ssdp_search_interval_secs,
             self.mdns,
             self.mdns_query_interval_secs,
+            probe,
             self.log_level,
         )
     }

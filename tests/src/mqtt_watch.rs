@@ -43,11 +43,30 @@ pub struct MqttWatch {
 impl MqttWatch {
     /// Connects to `host:port` and subscribes to `filters` (QoS 1); returns once SUBACK came.
     pub fn start(host: &str, port: u16, client_id: &str, filters: &[&str]) -> Result<MqttWatch> {
+        MqttWatch::start_with_session(host, port, client_id, filters, true)
+    }
+
+    /// [`start`](Self::start) with `clean_session = false` (v5: no clean start, a session
+    /// expiry of an hour): with a broker that persists
+    /// sessions, the subscription and the messages queued for it survive a broker restart, so
+    /// an outage test's subscriber misses nothing published while it reconnects.
+    pub fn start_with_session(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        filters: &[&str],
+        clean_session: bool,
+    ) -> Result<MqttWatch> {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
         let mut options = MqttOptions::new(client_id, host, port);
         options.set_keep_alive(Duration::from_secs(5));
+        options.set_clean_start(clean_session);
+        if !clean_session {
+            // MQTT v5: the session outlives the connection only with an expiry interval.
+            options.set_session_expiry_interval(Some(3600));
+        }
         let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         let sink = Arc::clone(&messages);
         let thread = std::thread::Builder::new()

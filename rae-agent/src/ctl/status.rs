@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 8] = [
+const SECTIONS: [(&str, &str, &str); 9] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -37,10 +37,11 @@ const SECTIONS: [(&str, &str, &str); 8] = [
     ("publish.", "publish", "publisher"),
     ("registry.", "registry", "registry core"),
     ("probe.", "probe", "probes"),
+    ("log.", "log", "log lines suppressed by the per-kind limit"),
     (
         "store.",
         "store",
-        "registry database (the last recovery from damage)",
+        "registry database (disk floor, the last recovery from damage)",
     ),
 ];
 const OTHER: (&str, &str) = ("other", "other");
@@ -268,6 +269,50 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_show_in_text_and_json() {
+        let mut report = report(vec![
+            entry("registry.max_sessions", "4096", 50_000),
+            entry("registry.sessions_refused", "12", 50_000),
+            entry("log.suppressed", "30", 50_000),
+            entry("log.suppressed.registry.session_refused", "2", 50_000),
+            entry("store.disk_low", "true", 50_000),
+        ]);
+        report.counters.push(("outbox_vanished_sessions".into(), 3));
+        let text = status_text(&report, Path::new("/db"), 60_000);
+        let log = text
+            .find(
+                "
+log lines suppressed by the per-kind limit
+",
+            )
+            .unwrap_or_else(|| {
+                panic!(
+                    "no log section in
+{text}"
+                )
+            });
+        assert!(
+            text.find(
+                "
+registry core
+"
+            )
+            .is_some_and(|r| r < log),
+            "{text}"
+        );
+        assert!(text.contains("  sessions_refused  12"), "{text}");
+        assert!(
+            text.contains("  suppressed.registry.session_refused  2"),
+            "{text}"
+        );
+        assert!(text.contains("  disk_low  true"), "{text}");
+        let json = status_json(&report, Path::new("/db"), 60_000);
+        assert_eq!(json["status"]["log"]["suppressed"], "30");
+        assert_eq!(json["status"]["registry"]["max_sessions"], "4096");
+        assert_eq!(json["counters"]["outbox_vanished_sessions"], 3);
+    }
+
+    #[test]
     fn a_recovery_shows_in_its_own_section_and_counter() {
         let mut report = report(vec![
             entry("store.recovered_ms", "40000", 40_000),
@@ -281,7 +326,7 @@ mod tests {
         report.counters.push(("integrity_recoveries".into(), 1));
         let text = status_text(&report, Path::new("/db"), 60_000);
         let section = text
-            .find("\nregistry database (the last recovery from damage)\n")
+            .find("\nregistry database (disk floor, the last recovery from damage)\n")
             .unwrap_or_else(|| panic!("no store section in\n{text}"));
         assert!(
             text.find("\nprobes\n").is_some_and(|p| p < section),

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use rae_proto::{DeviceRef, SessionSeq};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::capture::{CapturedFrame, PacketType};
 use crate::probe::liveness::{LanAddrs, Liveness, LivenessCounters, ProbeFrame};
@@ -305,11 +305,29 @@ impl<I: SessionIds> Engine<I> {
 
     fn apply_all(&mut self, observations: Vec<Observation>, now_ms: i64) -> Vec<Change> {
         let mut out = Vec::new();
+        let before = self.core.cap_counters();
         for obs in observations {
             self.counters.observations += 1;
             out.extend(self.core.apply(obs, now_ms));
         }
         self.counters.changes += out.len() as u64;
+        let after = self.core.cap_counters();
+        // Per kind at most `log.max_per_minute` lines: a MAC flood must not flood the log.
+        if after.refused > before.refused && crate::log_limit::allow("registry.session_refused") {
+            warn!(
+                max_sessions = self.core.max_sessions(),
+                refused = after.refused,
+                "session cap reached and every session online: a new device was refused"
+            );
+        }
+        if after.evicted > before.evicted && crate::log_limit::allow("registry.session_evicted") {
+            warn!(
+                max_sessions = self.core.max_sessions(),
+                evicted = after.evicted,
+                "session cap reached: the offline session heard least recently was closed \
+                 to make room for a new device"
+            );
+        }
         out
     }
 }

@@ -396,9 +396,13 @@ fn status_entries<I: crate::registry::SessionIds>(
         engine: engine.counters(),
         liveness: engine.liveness(),
         sessions_open: engine.core().sessions().count(),
+        max_sessions: engine.core().max_sessions(),
+        cap: engine.core().cap_counters(),
     };
     let mut entries = status::entries(&snapshot);
     entries.extend(publisher.borrow().entries());
+    crate::log_limit::flush_summaries();
+    entries.extend(crate::log_limit::status_entries());
     entries
 }
 

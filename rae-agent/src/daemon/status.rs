@@ -1,5 +1,6 @@
 //! The status entries the daemon writes for `raectl status`: `agent.*`, `capture.*`,
-//! `parse.drop.<reason>`, `registry.*`, `probe.*`; the publisher adds `broker.*` and
+//! `parse.drop.<reason>`, `registry.*` (the session cap included), `probe.*`, `log.*` (lines
+//! the per-kind log limit suppressed, see [`crate::log_limit`]); the publisher adds `broker.*` and
 //! `publish.*` (see [`crate::publish::PublisherStatus::entries`]). The store writes
 //! `store.recovered_*` once, into the fresh database, when it replaced a damaged one (see
 //! [`crate::store::Recovery::status_entries`]); they stay until the next recovery.
@@ -27,6 +28,8 @@ pub struct Snapshot<'a> {
     pub engine: &'a EngineCounters,
     pub liveness: LivenessCounters,
     pub sessions_open: usize,
+    pub max_sessions: usize,
+    pub cap: crate::registry::CapCounters,
 }
 
 /// The entries, as `(key, value)` text pairs.
@@ -69,6 +72,9 @@ pub fn entries(s: &Snapshot<'_>) -> Vec<(String, String)> {
     }
     let e = s.engine;
     put("registry.sessions_open", s.sessions_open.to_string());
+    put("registry.max_sessions", s.max_sessions.to_string());
+    put("registry.sessions_evicted", s.cap.evicted.to_string());
+    put("registry.sessions_refused", s.cap.refused.to_string());
     put("registry.frames", e.frames.to_string());
     put("registry.observations", e.observations.to_string());
     put("registry.changes", e.changes.to_string());

@@ -45,6 +45,8 @@
 //! - Periodic Snapshots: each session has its own slot in the Snapshot interval (from its id),
 //!   skipped when the whole record went out less than half an interval before.
 //! - Availability and ESN are set only by actions ([`Action`]), never by the agent itself.
+//! - At most `max_sessions` sessions are open; a new MAC at the cap evicts the least recently
+//!   heard offline session or is refused (see `bounds`).
 //!
 //! Cost: nothing scans all sessions except what must visit them all (`sessions`,
 //! `inventory`, a resync of every device, `resume`). The indexes (`index`) hold each
@@ -70,6 +72,7 @@ use rae_proto::{
     Liveness, Mac, SessionId, SessionSeq,
 };
 
+use super::bounds::SessionCap;
 use super::change::{Cause, Change};
 use super::conflict::Contest;
 use super::ids::{RandomSessionIds, SessionIds};
@@ -101,6 +104,8 @@ pub struct Core<I: SessionIds = RandomSessionIds> {
     ids: I,
     /// Wall clock minus core clock, for the stamps (see the module documentation).
     wall_offset_ms: i64,
+    /// `max_sessions` and the offline sessions it may evict (`bounds`).
+    pub(super) cap: SessionCap,
     /// Tests compare the fast path of `apply` with the full one.
     #[cfg(test)]
     full_path_only: bool,
@@ -237,6 +242,7 @@ impl<I: SessionIds> Core<I> {
             duplicates: state.duplicates,
             ids,
             wall_offset_ms: state.wall_offset_ms,
+            cap: SessionCap::new(config.max_sessions),
             #[cfg(test)]
             full_path_only: false,
         };
@@ -266,7 +272,7 @@ impl<I: SessionIds> Core<I> {
     }
 
     /// `core_ms` (core clock) as a wall-clock stamp.
-    fn wall(&self, core_ms: i64) -> i64 {
+    pub(super) fn wall(&self, core_ms: i64) -> i64 {
         core_ms.saturating_add(self.wall_offset_ms)
     }
 
@@ -323,6 +329,9 @@ impl<I: SessionIds> Core<I> {
                 let Some(evidence) = evidence else {
                     return out;
                 };
+                if !self.make_room(now_ms, &mut out) {
+                    return out;
+                }
                 let Some(id) = self.fresh_id() else {
                     return out;
                 };
@@ -353,6 +362,7 @@ impl<I: SessionIds> Core<I> {
         };
         self.deadlines
             .set_expiry(mac, session.expiry_at(&self.timers));
+        self.cap.track(&session);
         match before {
             Some(before) => publish_update(session, &before, cause, &mut out),
             None => out.push(Change::Opened {
@@ -595,11 +605,12 @@ impl<I: SessionIds> Core<I> {
         );
         self.addresses.move_v4(mac, None, session.record.ipv4);
         self.addresses.sync_v6(mac, &[], &session.record.ipv6);
+        self.cap.track(&session);
         self.sessions.insert(mac, session);
     }
 
     /// Takes an open session out, with its index entries.
-    fn remove_session(&mut self, mac: Mac) -> Option<Session> {
+    pub(super) fn remove_session(&mut self, mac: Mac) -> Option<Session> {
         let session = self.sessions.remove(&mac)?;
         self.by_id.remove(&session.id);
         self.deadlines.remove(
@@ -609,6 +620,7 @@ impl<I: SessionIds> Core<I> {
         );
         self.addresses.move_v4(mac, session.record.ipv4, None);
         self.addresses.sync_v6(mac, &session.record.ipv6, &[]);
+        self.cap.forget(mac);
         Some(session)
     }
 
@@ -708,6 +720,7 @@ impl<I: SessionIds> Core<I> {
         if moved {
             self.deadlines
                 .set_expiry(mac, session.expiry_at(&self.timers));
+            self.cap.track(&session);
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   damping rule.
 //! - `index`: the deadline queue, probe and Snapshot phase sets, session-id and address
 //!   indexes that spare the core full scans of its sessions.
+//! - [`bounds`]: the cap on open sessions (evict the least recently heard offline session,
+//!   else refuse the new MAC), counted in [`CapCounters`].
 //! - [`schedule`]: [`CoreConfig`] and the per-session probe and Snapshot grid.
 //! - [`change`]: the [`Change`]s the core emits for the store and the publisher.
 //! - [`ids`]: where session ids come from ([`RandomSessionIds`], [`SeededSessionIds`]).
@@ -19,6 +21,7 @@
 //! Advertisement is not taken (its target is); no DHCPv6, so no IPv6 address is
 //! authoritative and an IPv6 conflict between live devices is noted, never resolved.
 
+pub mod bounds;
 pub mod change;
 mod conflict;
 pub mod core;
@@ -31,6 +34,7 @@ pub mod schedule;
 mod session;
 
 pub use self::core::{Action, ActionError, Core, CoreState, ProbeRequest, SessionView};
+pub use bounds::CapCounters;
 pub use change::{Cause, Change, ConflictKind};
 pub use ids::{RandomSessionIds, SeededSessionIds, SessionIds};
 pub use observation::{

@@ -27,6 +27,7 @@ fn config() -> CoreConfig {
         conflict_note_interval: Duration::from_secs(4),
         max_ipv6_per_device: 3,
         own_macs: Vec::new(),
+        max_sessions: 4096,
     }
 }
 

@@ -36,6 +36,8 @@ pub struct CoreConfig {
     pub max_ipv6_per_device: usize,
     /// The RAE's own interfaces: never a device.
     pub own_macs: Vec<Mac>,
+    /// At most this many open sessions (see `bounds`).
+    pub max_sessions: usize,
 }
 
 impl Default for CoreConfig {
@@ -64,6 +66,7 @@ impl CoreConfig {
             conflict_note_interval: Duration::from_secs(300),
             max_ipv6_per_device: 16,
             own_macs,
+            max_sessions: usize::try_from(registry.max_sessions).unwrap_or(usize::MAX),
         }
     }
 }

@@ -13,10 +13,15 @@ use rae_proto::{Event, Serial, SessionId};
 use super::apply::SessionState;
 use super::apply::{apply_change, encode_event, encode_record, HistoryEntry, HistoryKind};
 use super::error::{ChangeError, StoreError};
-use super::outbox::{COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET};
+use super::floor::{DiskSample, DiskState};
+use super::outbox::{
+    COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET, VANISHED_EVENTS, VANISHED_SESSIONS,
+};
 use super::quota::{self, Candidate};
 use super::reader::{HistoryRow, StatusEntry};
+use super::registry::DISK_FLOOR_REACHED;
 use super::StoreOptions;
+use super::Vanished;
 use super::{Coalescing, CommitReport, OutboxRow, OutboxStats, RegistryStore, RestoredSession};
 use crate::registry::Change;
 
@@ -28,6 +33,8 @@ struct PendingEvent {
     topic: String,
     payload: Vec<u8>,
     created_ms: i64,
+    /// Holds (or, coalesced, replaced) the session's first event (see `quota`).
+    opening: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,6 +54,8 @@ pub struct MemoryStore {
     state: State,
     peeked_through: i64,
     status: BTreeMap<String, (String, i64)>,
+    /// Free disk as the test sets it (see [`MemoryStore::set_disk`]).
+    disk: DiskState,
 }
 
 impl MemoryStore {
@@ -55,6 +64,21 @@ impl MemoryStore {
             options,
             ..MemoryStore::default()
         }
+    }
+
+    /// What a statvfs of the database's directory would say; the real store samples at each
+    /// status write, the twin when told. Below the floor the quota drops (see `floor`).
+    pub fn set_disk(&mut self, sample: DiskSample) {
+        if self.disk.update(&self.options.disk_floor, sample) {
+            *self.state.counters.entry(DISK_FLOOR_REACHED).or_default() += 1;
+        }
+    }
+
+    /// The outbox quota in force, as [`Store::effective_quota`](super::Store::effective_quota).
+    pub fn effective_quota(&self) -> u64 {
+        self.options
+            .disk_floor
+            .quota(self.options.outbox_max_bytes, self.disk.low)
     }
 
     /// Every history row kept, oldest first.
@@ -113,36 +137,56 @@ impl State {
         now_ms: i64,
         peeked_through: i64,
         max_bytes: u64,
-    ) -> Result<(Vec<Coalescing>, bool), StoreError> {
+    ) -> Result<(Vec<Coalescing>, Vanished, bool), StoreError> {
         let total = self.bytes();
         if total <= max_bytes {
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Vanished::default(), false));
         }
-        let mut candidates: BTreeMap<SessionId, Candidate> = BTreeMap::new();
-        for event in self
-            .outbox
-            .range(peeked_through.saturating_add(1)..)
-            .map(|(_, e)| e)
-        {
+        // Per session: the candidate, whether a row was handed out, whether the opening row
+        // is pending.
+        let mut candidates: BTreeMap<SessionId, (Candidate, bool, bool)> = BTreeMap::new();
+        for (id, event) in &self.outbox {
             let Some(state) = self.sessions.get(&event.session) else {
                 continue;
             };
-            if event.kind == "closed" {
-                continue;
+            let (candidate, peeked, opening) = match candidates.entry(event.session) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => entry.insert((
+                    Candidate {
+                        session: event.session,
+                        events: 0,
+                        bytes: 0,
+                        snapshot_bytes: encode_record(serial, state)?.len() as u64,
+                        vanishable: false,
+                        total_bytes: 0,
+                    },
+                    false,
+                    false,
+                )),
+            };
+            candidate.total_bytes += event.payload.len() as u64;
+            *peeked |= *id <= peeked_through;
+            *opening |= event.opening;
+            if *id > peeked_through && event.kind != "closed" {
+                candidate.events += 1;
+                candidate.bytes += event.payload.len() as u64;
             }
-            let snapshot_bytes = encode_record(serial, state)?.len() as u64;
-            let candidate = candidates.entry(event.session).or_insert(Candidate {
-                session: event.session,
-                events: 0,
-                bytes: 0,
-                snapshot_bytes,
-            });
-            candidate.events += 1;
-            candidate.bytes += event.payload.len() as u64;
         }
-        let candidates: Vec<Candidate> = candidates.into_values().collect();
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .map(|(session, (candidate, peeked, opening))| {
+                let closed = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.closed.is_some());
+                Candidate {
+                    vanishable: closed && !peeked && opening,
+                    ..candidate
+                }
+            })
+            .collect();
         let Some(plan) = quota::plan(total, max_bytes, &candidates) else {
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Vanished::default(), false));
         };
         let mut coalesced = Vec::new();
         for session in plan.sessions {
@@ -193,11 +237,34 @@ impl State {
                 last_seq,
             });
         }
+        let mut vanished = Vanished::default();
+        for session in plan.vanish {
+            let ids: Vec<i64> = self
+                .outbox
+                .iter()
+                .filter(|(_, e)| e.session == session)
+                .map(|(id, _)| *id)
+                .collect();
+            if ids.first().map_or(true, |id| *id <= peeked_through) {
+                continue;
+            }
+            for id in &ids {
+                self.outbox.remove(id);
+            }
+            self.sessions.remove(&session);
+            self.history.retain(|row| row.session != session);
+            vanished.sessions += 1;
+            vanished.events += ids.len() as u64;
+        }
+        if vanished.sessions > 0 {
+            *self.counters.entry(VANISHED_SESSIONS).or_default() += vanished.sessions as i64;
+            *self.counters.entry(VANISHED_EVENTS).or_default() += vanished.events as i64;
+        }
         let unmet = self.bytes() > max_bytes;
         if unmet {
             *self.counters.entry(QUOTA_UNMET).or_default() += 1;
         }
-        Ok((coalesced, unmet))
+        Ok((coalesced, vanished, unmet))
     }
 
     fn trim(&mut self, options: &StoreOptions) {
@@ -232,7 +299,7 @@ impl RegistryStore for MemoryStore {
         if changes.is_empty() {
             let outbox = self.outbox_stats()?;
             return Ok(CommitReport {
-                quota_unmet: outbox.bytes > self.options.outbox_max_bytes,
+                quota_unmet: outbox.bytes > self.effective_quota(),
                 outbox,
                 ..CommitReport::default()
             });
@@ -270,6 +337,7 @@ impl RegistryStore for MemoryStore {
                         seq: event.seq,
                         kind: event.kind,
                         topic: event.topic,
+                        opening: event.seq == 1,
                         payload: event.payload,
                         created_ms: now_ms,
                     },
@@ -278,14 +346,11 @@ impl RegistryStore for MemoryStore {
             }
             next.sessions.insert(session, applied.state);
         }
-        let (coalesced, unmet) = next.enforce_quota(
-            serial,
-            now_ms,
-            self.peeked_through,
-            self.options.outbox_max_bytes,
-        )?;
+        let (coalesced, vanished, unmet) =
+            next.enforce_quota(serial, now_ms, self.peeked_through, self.effective_quota())?;
         report.history_rows += coalesced.len();
         report.coalesced = coalesced;
+        report.vanished = vanished;
         report.quota_unmet = unmet;
         next.trim(&self.options);
         self.state = next;
@@ -352,7 +417,10 @@ impl RegistryStore for MemoryStore {
         entries: &[(String, String)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        for (key, value) in entries {
+        let own = self
+            .disk
+            .entries(&self.options.disk_floor, self.options.outbox_max_bytes);
+        for (key, value) in own.iter().chain(entries) {
             self.status.insert(key.clone(), (value.clone(), now_ms));
         }
         Ok(())

@@ -7,6 +7,8 @@
 //!   the registry core after a restart.
 //! - `outbox.rs`: the publisher's drain API (peek in order, ack after PUBACK, stats) and the
 //!   byte quota, enforced by coalescing a session's pending events into one Snapshot.
+//! - [`floor`]: the free-disk floor (statvfs of the database's directory): below it the
+//!   outbox quota drops to `disk.low_outbox_max_bytes`, warned and counted.
 //! - [`quota`]: the pure coalescing policy; [`CommitBatcher`] (`batch.rs`): the pure grouped
 //!   commit policy (`now` is an argument): a quiet event commits at once, events under load
 //!   are batched for a hold-off that grows up to [`CommitPolicy::max_delay`].
@@ -26,8 +28,10 @@
 //! - A session row of a closed session is kept until [`StoreOptions::closed_sessions_max`]
 //!   newer closed sessions exist, then deleted with its history.
 //! - Coalescing cannot shrink the outbox below one Snapshot plus one Closed per session with
-//!   pending events, nor touch rows already handed to the publisher; when that is still over
-//!   the quota the overrun is counted (`outbox_quota_unmet`) and reported, not hidden.
+//!   pending events that the cloud heard of (closed sessions it never heard of vanish whole),
+//!   nor touch rows already handed to the publisher; when that is still over the quota the
+//!   overrun is counted (`outbox_quota_unmet`) and reported, not hidden. [`quota`] has the
+//!   bound that holds with the session cap.
 //! - A read-only open may create empty `-wal`/`-shm` files next to the database (SQLite's rule
 //!   for WAL readers); on a read-only filesystem a cleanly closed database is opened
 //!   `immutable` instead.
@@ -35,6 +39,7 @@
 mod apply;
 mod batch;
 mod error;
+pub mod floor;
 mod integrity;
 mod memory;
 mod outbox;
@@ -55,11 +60,14 @@ pub use batch::{CommitBatcher, CommitPolicy, LastCommit};
 pub use error::{ChangeError, StoreError};
 pub use integrity::{is_corruption, open_checked, Recovery, INTEGRITY_RECOVERIES};
 pub use memory::MemoryStore;
-pub use outbox::{COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET};
+pub use outbox::{
+    COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET, VANISHED_EVENTS, VANISHED_SESSIONS,
+};
 pub use reader::{
     DeviceQuery, DeviceQueryParseError, DeviceRow, HistoryRow, StatusEntry, StoreReader,
 };
 pub use registry::Store;
+pub use registry::DISK_FLOOR_REACHED;
 pub use schema::SCHEMA_VERSION;
 pub use thread::{StoreHandle, StoreThreadOptions};
 
@@ -104,6 +112,8 @@ pub struct StoreOptions {
     pub closed_sessions_max: u64,
     /// How long a statement waits for a lock held by another connection.
     pub busy_timeout: Duration,
+    /// Short of disk, the quota drops (see [`floor`]).
+    pub disk_floor: floor::DiskFloor,
 }
 
 impl Default for StoreOptions {
@@ -113,6 +123,7 @@ impl Default for StoreOptions {
             history_max_rows: 10_000,
             closed_sessions_max: 10_000,
             busy_timeout: Duration::from_secs(5),
+            disk_floor: floor::DiskFloor::from_config(&crate::config::DiskConfig::default()),
         }
     }
 }
@@ -122,6 +133,7 @@ impl StoreOptions {
     pub fn from_config(config: &crate::config::Config) -> Self {
         StoreOptions {
             outbox_max_bytes: config.publish.outbox_max_bytes,
+            disk_floor: floor::DiskFloor::from_config(&config.disk),
             ..StoreOptions::default()
         }
     }
@@ -136,6 +148,8 @@ pub struct CommitReport {
     pub history_rows: usize,
     /// Sessions whose pending events were coalesced because the outbox was over its quota.
     pub coalesced: Vec<Coalescing>,
+    /// Closed sessions the cloud never heard of, dropped whole to hold the quota.
+    pub vanished: Vanished,
     /// The outbox is still over its quota after coalescing everything it may.
     pub quota_unmet: bool,
     /// The outbox after the commit.
@@ -151,6 +165,14 @@ pub struct Coalescing {
     /// The lowest and highest seq replaced; the Snapshot carries `last_seq`.
     pub first_seq: u64,
     pub last_seq: u64,
+}
+
+/// Sessions dropped whole from the outbox and the registry (see [`quota`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vanished {
+    pub sessions: u64,
+    /// Their pending events (Closed included).
+    pub events: u64,
 }
 
 /// Depth of the outbox.

@@ -12,12 +12,15 @@ use super::error::{SqlContext, StoreError};
 use super::quota::{self, Candidate};
 use super::registry::{bump_counter, insert_history, sql_seq, stored_seq};
 use super::registry::{Synchronous, PEEKED_THROUGH};
-use super::{Coalescing, OutboxRow, OutboxStats, Store};
+use super::{Coalescing, OutboxRow, OutboxStats, Store, Vanished};
 
 /// Meta counters that make coalescing visible in `raectl status`.
 pub const COALESCED_EVENTS: &str = "outbox_coalesced_events";
 pub const COALESCED_SESSIONS: &str = "outbox_coalesced_sessions";
 pub const QUOTA_UNMET: &str = "outbox_quota_unmet";
+/// Closed sessions the cloud never heard of, dropped whole (and their events) by the quota.
+pub const VANISHED_SESSIONS: &str = "outbox_vanished_sessions";
+pub const VANISHED_EVENTS: &str = "outbox_vanished_events";
 
 /// The outbox's size, kept in memory by the store's owner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,6 +157,7 @@ impl Store {
 /// What enforcing the quota did.
 pub(super) struct QuotaOutcome {
     pub coalesced: Vec<Coalescing>,
+    pub vanished: Vanished,
     pub unmet: bool,
 }
 
@@ -169,6 +173,7 @@ pub(super) fn enforce_quota(
 ) -> Result<QuotaOutcome, StoreError> {
     let mut outcome = QuotaOutcome {
         coalesced: Vec::new(),
+        vanished: Vanished::default(),
         unmet: false,
     };
     if totals.bytes <= max_bytes {
@@ -201,6 +206,17 @@ pub(super) fn enforce_quota(
         bump_counter(tx, COALESCED_SESSIONS, 1)?;
         outcome.coalesced.push(coalescing);
     }
+    for session in plan.vanish {
+        let events = vanish_session(tx, session, peeked_through, totals)?;
+        if events > 0 {
+            outcome.vanished.sessions += 1;
+            outcome.vanished.events += events;
+        }
+    }
+    if outcome.vanished.sessions > 0 {
+        bump_counter(tx, VANISHED_SESSIONS, outcome.vanished.sessions as i64)?;
+        bump_counter(tx, VANISHED_EVENTS, outcome.vanished.events as i64)?;
+    }
     if totals.bytes > max_bytes {
         bump_counter(tx, QUOTA_UNMET, 1)?;
         outcome.unmet = true;
@@ -209,11 +225,17 @@ pub(super) fn enforce_quota(
 }
 
 fn candidates(tx: &Transaction, peeked_through: i64) -> Result<Vec<Candidate>, StoreError> {
+    // Coalescable: not handed to the publisher, not Closed. Vanishable: closed, nothing
+    // handed to the publisher, and the opening row still pending (see `quota`).
     let mut stmt = tx
         .prepare_cached(
-            "SELECT o.session, COUNT(*), SUM(o.bytes), LENGTH(s.record)
+            "SELECT o.session,
+                    SUM(o.id > ?1 AND o.kind != 'closed'),
+                    SUM(CASE WHEN o.id > ?1 AND o.kind != 'closed' THEN o.bytes ELSE 0 END),
+                    LENGTH(s.record),
+                    MIN(o.id) > ?1 AND MAX(o.opening) = 1 AND s.closed_ms IS NOT NULL,
+                    SUM(o.bytes)
              FROM outbox o JOIN sessions s ON s.session = o.session
-             WHERE o.id > ?1 AND o.kind != 'closed'
              GROUP BY o.session",
         )
         .context("measuring coalescable events")?;
@@ -224,21 +246,60 @@ fn candidates(tx: &Transaction, peeked_through: i64) -> Result<Vec<Candidate>, S
                 row.get::<_, i64>(1)?,
                 row.get::<_, i64>(2)?,
                 row.get::<_, i64>(3)?,
+                row.get::<_, bool>(4)?,
+                row.get::<_, i64>(5)?,
             ))
         })
         .context("measuring coalescable events")?
         .collect::<Result<Vec<_>, _>>()
         .context("measuring coalescable events")?;
     raw.into_iter()
-        .map(|(session, events, bytes, snapshot_bytes)| {
-            Ok(Candidate {
-                session: parse_session(&session)?,
-                events: events.max(0) as u64,
-                bytes: bytes.max(0) as u64,
-                snapshot_bytes: snapshot_bytes.max(0) as u64,
-            })
-        })
+        .map(
+            |(session, events, bytes, snapshot_bytes, vanishable, total_bytes)| {
+                Ok(Candidate {
+                    session: parse_session(&session)?,
+                    events: events.max(0) as u64,
+                    bytes: bytes.max(0) as u64,
+                    snapshot_bytes: snapshot_bytes.max(0) as u64,
+                    vanishable,
+                    total_bytes: total_bytes.max(0) as u64,
+                })
+            },
+        )
         .collect()
+}
+
+/// Drops a closed session the cloud never heard of whole: its outbox rows and its registry
+/// row (its history goes with it). Returns how many events went; none when a row of it was
+/// handed to the publisher after all.
+fn vanish_session(
+    tx: &Transaction,
+    session: SessionId,
+    peeked_through: i64,
+    totals: &mut OutboxTotals,
+) -> Result<u64, StoreError> {
+    let text = session.to_string();
+    let (rows, bytes, first): (i64, i64, Option<i64>) = tx
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(id) FROM outbox WHERE session = ?1",
+        )
+        .context("measuring a session to drop")?
+        .query_row([&text], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .context("measuring a session to drop")?;
+    if first.map_or(true, |id| id <= peeked_through) {
+        return Ok(0);
+    }
+    tx.prepare_cached("DELETE FROM outbox WHERE session = ?1")
+        .context("dropping a session's events")?
+        .execute([&text])
+        .context("dropping a session's events")?;
+    tx.prepare_cached("DELETE FROM sessions WHERE session = ?1 AND closed_ms IS NOT NULL")
+        .context("dropping a session")?
+        .execute([&text])
+        .context("dropping a session")?;
+    totals.rows = totals.rows.saturating_sub(rows.max(0) as u64);
+    totals.bytes = totals.bytes.saturating_sub(bytes.max(0) as u64);
+    Ok(rows.max(0) as u64)
 }
 
 /// Replaces the session's coalescable rows by one Snapshot of its current record at the

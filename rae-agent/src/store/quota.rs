@@ -21,6 +21,23 @@
 //! per byte saved), only sessions with two or more (one event replaced by a Snapshot saves
 //! nothing), until the outbox is projected under seven eighths of the quota, so that the next
 //! few commits do not coalesce again.
+//!
+//! Vanishing. Coalescing leaves every session with pending events at least one row (a Snapshot,
+//! and a Closed when it closed), so on its own it cannot hold the quota against churn: a MAC
+//! flood during an outage opens and closes sessions without end, each leaving a Snapshot and a
+//! Closed. A session that was opened and closed while every one of its events was still
+//! pending (its opening row never handed to the publisher) is one the cloud never heard of;
+//! when coalescing is not enough, such sessions vanish whole, those that free the most first: their outbox rows and their registry row go, counted (`outbox_vanished_*`), so the
+//! cloud and `raectl devices --all` still agree. Nothing the cloud has is contradicted.
+//!
+//! The bound that holds. With `max_sessions` = C and at most W rows in flight (peeked), after
+//! coalescing and vanishing the outbox holds at most: the W rows in flight; one Snapshot (or a
+//! single Delta) per open session, C of them; one Snapshot plus one Closed per closed session
+//! that had a row published, of which there are at most C + W (each was open when its last
+//! published row was written, or is in flight). So the outbox stays under
+//! `max(quota, W * E + (2C + W) * (S + K))` bytes, E the largest row, S the largest Snapshot
+//! and K a Closed row; the overrun beyond the quota (only when that sum is larger) is counted in
+//! `outbox_quota_unmet`.
 
 use rae_proto::SessionId;
 
@@ -33,12 +50,19 @@ pub struct Candidate {
     pub bytes: u64,
     /// The size of the Snapshot that would replace them (about the stored record's size).
     pub snapshot_bytes: u64,
+    /// The session is closed and none of its rows was ever handed to the publisher: it may
+    /// vanish whole, freeing `total_bytes`.
+    pub vanishable: bool,
+    /// All of the session's pending rows, Closed and rows in flight included.
+    pub total_bytes: u64,
 }
 
-/// The sessions to coalesce, in order, and the outbox size expected afterwards.
+/// The sessions to coalesce, in order, those to drop whole, and the outbox size expected
+/// afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub sessions: Vec<SessionId>,
+    pub vanish: Vec<SessionId>,
     pub expected_bytes: u64,
 }
 
@@ -56,7 +80,7 @@ pub fn plan(total_bytes: u64, max_bytes: u64, candidates: &[Candidate]) -> Optio
     let target = target_bytes(max_bytes);
     let mut useful: Vec<&Candidate> = candidates
         .iter()
-        .filter(|c| c.events >= 2 && c.bytes > c.snapshot_bytes)
+        .filter(|c| !c.vanishable && c.events >= 2 && c.bytes > c.snapshot_bytes)
         .collect();
     useful.sort_by(|a, b| {
         b.events
@@ -73,8 +97,25 @@ pub fn plan(total_bytes: u64, max_bytes: u64, candidates: &[Candidate]) -> Optio
         expected -= candidate.bytes - candidate.snapshot_bytes;
         sessions.push(candidate.session);
     }
+    // Coalescing loses detail the cloud never sees; vanishing loses a whole (short-lived,
+    // never published) session, so it comes second.
+    let mut gone: Vec<&Candidate> = candidates.iter().filter(|c| c.vanishable).collect();
+    gone.sort_by(|a, b| {
+        b.total_bytes
+            .cmp(&a.total_bytes)
+            .then(a.session.cmp(&b.session))
+    });
+    let mut vanish = Vec::new();
+    for candidate in gone {
+        if expected <= target {
+            break;
+        }
+        expected = expected.saturating_sub(candidate.total_bytes);
+        vanish.push(candidate.session);
+    }
     Some(Plan {
         sessions,
+        vanish,
         expected_bytes: expected,
     })
 }
@@ -89,7 +130,54 @@ mod tests {
             events,
             bytes,
             snapshot_bytes: 100,
+            vanishable: false,
+            total_bytes: bytes,
         }
+    }
+
+    fn vanishable(n: u8, bytes: u64) -> Candidate {
+        Candidate {
+            vanishable: true,
+            ..candidate(n, 1, bytes)
+        }
+    }
+
+    #[test]
+    fn sessions_the_cloud_never_heard_of_vanish_when_coalescing_is_not_enough() {
+        // 1 and 2: closed, never published, one Snapshot and a Closed each (counted as one
+        // coalescable event); 3 coalesces.
+        let candidates = [
+            vanishable(1, 300),
+            vanishable(2, 400),
+            candidate(3, 10, 1000),
+        ];
+        // 1700 bytes, quota 1000, target 875: 3 saves 900 and is enough.
+        let plan = plan(1700, 1000, &candidates).unwrap();
+        assert_eq!(plan.sessions, [SessionId::from_bytes([3; 16])]);
+        assert!(plan.vanish.is_empty());
+        // 2200 bytes: 3 saves 900 -> 1300, then 2 (the bigger) -> 900, then 1 -> 600.
+        let plan = super::plan(2200, 1000, &candidates).unwrap();
+        assert_eq!(plan.sessions, [SessionId::from_bytes([3; 16])]);
+        assert_eq!(
+            plan.vanish,
+            [
+                SessionId::from_bytes([2; 16]),
+                SessionId::from_bytes([1; 16])
+            ]
+        );
+        assert_eq!(plan.expected_bytes, 2200 - 900 - 400 - 300);
+    }
+
+    #[test]
+    fn a_vanishable_session_is_never_also_coalesced() {
+        let c = Candidate {
+            vanishable: true,
+            ..candidate(1, 5, 5000)
+        };
+        let plan = plan(5000, 1000, &[c]).unwrap();
+        assert!(plan.sessions.is_empty());
+        assert_eq!(plan.vanish, [SessionId::from_bytes([1; 16])]);
+        assert_eq!(plan.expected_bytes, 0);
     }
 
     #[test]

@@ -11,10 +11,14 @@ use rusqlite::{
 use super::apply::{apply_change, encode_record, HistoryEntry, NewEvent, SessionState};
 use super::apply::{decode_record, parse_close_reason, parse_mac, parse_session};
 use super::error::{ChangeError, SqlContext, StoreError};
+use super::floor::{self, DiskState};
 use super::outbox::{self, OutboxTotals};
 use super::{schema, Closure, CommitReport, OutboxRow, OutboxStats, RegistryStore};
 use super::{RestoredSession, StoreOptions};
 use crate::registry::Change;
+
+/// Counter: times the free disk fell below the floor (see [`floor`](super::floor)).
+pub const DISK_FLOOR_REACHED: &str = "disk_floor_reached";
 
 /// The meta key that remembers the highest outbox id handed to the publisher.
 pub(super) const PEEKED_THROUGH: &str = "outbox_peeked_through";
@@ -45,6 +49,10 @@ pub struct Store {
     pub(super) peeked_through: i64,
     history_since_trim: u64,
     serial_written: Option<Serial>,
+    /// The last free-disk sample and whether it was below the floor.
+    disk: DiskState,
+    /// The sample at open found the disk short: counted with the first status write.
+    disk_crossed_at_open: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +105,48 @@ impl Store {
             // Trim at the first commit: the limits may have shrunk since the last run.
             history_since_trim: u64::MAX,
             serial_written: None,
+            disk: DiskState::default(),
+            disk_crossed_at_open: false,
             options,
         })
+        .map(|mut store| {
+            store.disk_crossed_at_open = store.sample_disk();
+            store
+        })
+    }
+
+    /// A counter as `raectl status` shows it (0 when never counted).
+    pub fn counter(&self, key: &str) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|value| value.unwrap_or(0))
+            .context("reading a counter")
+    }
+
+    /// The outbox quota in force: the configured one, lower while short of disk.
+    pub fn effective_quota(&self) -> u64 {
+        self.options
+            .disk_floor
+            .quota(self.options.outbox_max_bytes, self.disk.low)
+    }
+
+    /// Samples the free disk; true when it just fell below the floor. A failed statvfs keeps
+    /// the last state (it is logged at debug level: the next status write tries again).
+    fn sample_disk(&mut self) -> bool {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match floor::sample(&dir) {
+            Ok(sample) => self.disk.update(&self.options.disk_floor, sample),
+            Err(err) => {
+                tracing::debug!(dir = %dir.display(), %err, "cannot read the free disk space");
+                false
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -121,11 +169,12 @@ impl Store {
         if changes.is_empty() {
             let outbox = self.outbox_stats()?;
             return Ok(CommitReport {
-                quota_unmet: outbox.bytes > self.options.outbox_max_bytes,
+                quota_unmet: outbox.bytes > self.effective_quota(),
                 outbox,
                 ..CommitReport::default()
             });
         }
+        let quota_bytes = self.effective_quota();
         let publishes = changes.iter().any(|change| change.seq().is_some());
         self.set_synchronous(match publishes {
             true => Synchronous::Full,
@@ -164,10 +213,11 @@ impl Store {
             now_ms,
             &mut totals,
             self.peeked_through,
-            self.options.outbox_max_bytes,
+            quota_bytes,
         )?;
         report.history_rows += quota.coalesced.len();
         report.coalesced = quota.coalesced;
+        report.vanished = quota.vanished;
         report.quota_unmet = quota.unmet;
         let trim_every = (self.options.history_max_rows / 8).max(1);
         let mut since_trim = self
@@ -235,10 +285,28 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.set_synchronous(Synchronous::Normal)?;
+        let crossed = self.sample_disk() | std::mem::take(&mut self.disk_crossed_at_open);
+        if self.disk.low && crate::log_limit::allow("store.disk_low") {
+            let floor = &self.options.disk_floor;
+            tracing::warn!(
+                free_bytes = self.disk.last.map(|s| s.free_bytes),
+                floor_bytes = self.disk.last.map(|s| floor.floor_bytes(s.total_bytes)),
+                outbox_quota_bytes = self.effective_quota(),
+                "short of disk: below the free-disk floor, the outbox coalesces harder"
+            );
+        }
+        let mut own = self
+            .disk
+            .entries(&self.options.disk_floor, self.options.outbox_max_bytes);
+        own.extend(entries.iter().cloned());
+        let entries = own;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a status write")?;
+        if crossed {
+            bump_counter(&tx, DISK_FLOOR_REACHED, 1)?;
+        }
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -247,7 +315,7 @@ impl Store {
                      SET value = excluded.value, updated_ms = excluded.updated_ms",
                 )
                 .context("writing status")?;
-            for (key, value) in entries {
+            for (key, value) in &entries {
                 stmt.execute(params![key, value, now_ms])
                     .context("writing status")?;
             }
@@ -468,8 +536,8 @@ pub(super) fn insert_history(
 
 fn insert_outbox(tx: &Transaction, event: &NewEvent, now_ms: i64) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO outbox (session, seq, kind, topic, payload, bytes, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO outbox (session, seq, kind, topic, payload, bytes, created_ms, opening)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?2 = 1)",
     )
     .context("appending to the outbox")?
     .execute(params![

@@ -71,6 +71,14 @@ const MIGRATIONS: &[&str] = &[
         updated_ms  INTEGER NOT NULL
     );
     ",
+    // 2: which outbox row holds (or, coalesced, replaced) its session's first event. While
+    // that row is pending and not handed to the publisher, the cloud never heard of the
+    // session, so the quota may drop a closed one whole (`quota`). Coalescing keeps the
+    // oldest row, so the mark stays on the right row. Rows from before: seq 1 is the opening.
+    "
+    ALTER TABLE outbox ADD COLUMN opening INTEGER NOT NULL DEFAULT 0;
+    UPDATE outbox SET opening = 1 WHERE seq = 1;
+    ",
 ];
 
 pub(crate) fn user_version(conn: &Connection) -> Result<i64, StoreError> {

@@ -329,13 +329,22 @@ impl<S: RegistryStore> Worker<S> {
             .commit(&changes, &self.serial, crate::wall_ms())?;
         // The hold-off runs from the end of the commit: its fsync is what it spaces out.
         self.batcher.committed(Instant::now());
-        if !report.coalesced.is_empty() {
-            // One line per commit; the history keeps each session's details.
+        // One line per commit at most, and per kind at most `log.max_per_minute` (a long
+        // outage coalesces at nearly every commit); the history keeps each session's details.
+        if !report.coalesced.is_empty() && crate::log_limit::allow("outbox.coalesced") {
             tracing::warn!(
                 sessions = report.coalesced.len(),
                 events = report.coalesced.iter().map(|c| c.events).sum::<u64>(),
                 bytes = report.outbox.bytes,
                 "outbox over its quota: pending events coalesced into Snapshots"
+            );
+        }
+        if report.vanished.sessions > 0 && crate::log_limit::allow("outbox.vanished") {
+            tracing::warn!(
+                sessions = report.vanished.sessions,
+                events = report.vanished.events,
+                bytes = report.outbox.bytes,
+                "outbox over its quota: closed sessions the cloud never heard of dropped whole"
             );
         }
         // Logged on the transition only: a long broker outage must not flood the log.

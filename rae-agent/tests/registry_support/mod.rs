@@ -27,6 +27,7 @@ pub fn config() -> CoreConfig {
         conflict_note_interval: Duration::from_secs(60),
         max_ipv6_per_device: 4,
         own_macs: vec![OWN],
+        max_sessions: 4096,
     }
 }
 

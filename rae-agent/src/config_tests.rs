@@ -1,0 +1,192 @@
+//! The configuration: defaults, the shipped example, and every kind of bad config.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    [agent]
+    serial = "RAE-0001"
+    lan_interface = "lan0"
+    [mqtt]
+    host = "broker.lab"
+"#;
+
+fn parse_valid(text: &str) -> Result<Config, ConfigError> {
+    let config = Config::parse(text)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn expect_invalid(text: &str, key: &str) {
+    match parse_valid(text) {
+        Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected {key} to be rejected, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = parse_valid(MINIMAL).expect("minimal config is valid");
+    assert_eq!(config.mqtt.port, 1883);
+    assert_eq!(config.client_id(), "RAE-0001");
+    assert_eq!(config.registry.probe_interval_secs, 10);
+    assert_eq!(config.registry.offline_after_misses, 3);
+    assert_eq!(config.registry.gone_after_secs, 600);
+    assert_eq!(config.registry.ipv6_expire_after_secs, 1800);
+    assert_eq!(config.agent.state_dir, Path::new("/var/lib/rae-agent"));
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert!(config.publish.commit_adaptive);
+    assert_eq!(config.publish.commit_max_delay_ms, 100);
+}
+
+#[test]
+fn the_commit_policy_comes_from_the_publish_table() {
+    let text =
+        format!("{MINIMAL}\n[publish]\ncommit_adaptive = false\ncommit_max_delay_ms = 250\n");
+    let config = parse_valid(&text).expect("valid");
+    let commit = crate::store::StoreThreadOptions::from_config(&config).commit;
+    assert!(!commit.adaptive);
+    assert_eq!(commit.max_delay, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn the_shipped_example_is_valid_and_spells_out_the_defaults() {
+    let example = parse_valid(include_str!("../config.example.toml"))
+        .expect("config.example.toml must stay valid");
+    let mut minimal = parse_valid(MINIMAL).expect("minimal config is valid");
+    minimal.mqtt.host = example.mqtt.host.clone();
+    assert_eq!(example, minimal, "the example must show the real defaults");
+}
+
+#[test]
+fn unknown_keys_are_rejected_in_every_table() {
+    for (table, extra) in [
+        ("[agent]", "colour = \"blue\""),
+        ("[mqtt]", "hostname = \"x\""),
+    ] {
+        let text = MINIMAL.replace(table, &format!("{table}\n{extra}"));
+        let err = Config::parse(&text).expect_err("unknown key must fail");
+        assert!(
+            err.to_string().contains("unknown field"),
+            "error should name the unknown field: {err}"
+        );
+    }
+    let text = format!("{MINIMAL}\n[registry]\ngone_after = 5\n");
+    assert!(Config::parse(&text).is_err());
+    let text = format!("{MINIMAL}\n[surprise]\nx = 1\n");
+    assert!(Config::parse(&text).is_err());
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let err = Config::parse("[agent]\nserial = \"A\"\n").expect_err("no mqtt table");
+    let text = err.to_string();
+    assert!(
+        text.contains("lan_interface") || text.contains("mqtt"),
+        "error should name what is missing: {text}"
+    );
+}
+
+#[test]
+fn wrong_types_are_rejected() {
+    let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = \"x\"");
+    assert!(Config::parse(&text).is_err());
+    let text = MINIMAL.replace("host = \"broker.lab\"", "host = \"b\"\nport = 70000");
+    assert!(Config::parse(&text).is_err());
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_key() {
+    expect_invalid(&MINIMAL.replace("RAE-0001", "rae/0001"), "agent.serial");
+    expect_invalid(&MINIMAL.replace("RAE-0001", ""), "agent.serial");
+    expect_invalid(
+        &MINIMAL.replace("RAE-0001", &"x".repeat(65)),
+        "agent.serial",
+    );
+    expect_invalid(
+        &MINIMAL.replace("lan0", "a-very-long-interface-name"),
+        "agent.lan_interface",
+    );
+    expect_invalid(&MINIMAL.replace("broker.lab", " "), "mqtt.host");
+    expect_invalid(
+        &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 0\n"),
+        "registry.probe_interval_secs",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[registry]\noffline_after_misses = 0\n"),
+        "registry.offline_after_misses",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[registry]\nprobe_interval_secs = 10\ngone_after_secs = 30\n"),
+        "registry.gone_after_secs",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[registry]\nipv6_expire_after_secs = 10\n"),
+        "registry.ipv6_expire_after_secs",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[publish]\noutbox_max_bytes = 10\n"),
+        "publish.outbox_max_bytes",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[publish]\ncommit_max_delay_ms = 0\n"),
+        "publish.commit_max_delay_ms",
+    );
+    expect_invalid(&format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level");
+    expect_invalid(
+        &format!("{MINIMAL}\n[registry]\nmax_sessions = 0\n"),
+        "registry.max_sessions",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[log]\nmax_per_minute = 0\n"),
+        "log.max_per_minute",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[disk]\nmin_free_percent = 90\n"),
+        "disk.min_free_percent",
+    );
+    expect_invalid(
+        &format!("{MINIMAL}\n[disk]\nlow_outbox_max_bytes = 100\n"),
+        "disk.low_outbox_max_bytes",
+    );
+    assert!(
+        Config::parse(&format!("{MINIMAL}\n[disk]\nmin_free = 1\n")).is_err(),
+        "an unknown [disk] key is an error"
+    );
+}
+
+#[test]
+fn overrides_replace_file_values_and_are_validated() {
+    let mut config = Config::parse(MINIMAL).expect("parses");
+    config.apply(&Overrides {
+        serial: Some("RAE-9".into()),
+        mqtt_port: Some(8883),
+        lan_interface: Some("br0".into()),
+        ..Overrides::default()
+    });
+    assert_eq!(config.agent.serial, "RAE-9");
+    assert_eq!(config.mqtt.port, 8883);
+    assert_eq!(config.agent.lan_interface, "br0");
+    config.apply(&Overrides {
+        serial: Some("bad serial".into()),
+        ..Overrides::default()
+    });
+    assert!(config.validate().is_err());
+}
+
+#[test]
+fn load_names_the_file_in_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.toml");
+    let err = Config::load(&missing, &Overrides::default()).expect_err("missing file");
+    assert!(err.to_string().contains("nope.toml"), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[agent\n").expect("write");
+    let err = Config::load(&bad, &Overrides::default()).expect_err("bad toml");
+    assert!(err.to_string().contains("bad.toml"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, MINIMAL).expect("write");
+    let config = Config::load(&good, &Overrides::default()).expect("good config loads");
+    assert_eq!(config.agent.serial, "RAE-0001");
+}
