@@ -173,7 +173,7 @@ fn a_flood_of_random_macs_is_bounded_and_real_duts_stay_tracked() {
     spec.ssdp = false;
     spec.mdns = false;
     spec.log_level = "info".to_owned();
-    let (mut agent, _) = Agent::start_online(&spec, &watch, WAIT)
+    let (mut agent, agent_started) = Agent::start_online(&spec, &watch, WAIT)
         .unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
 
     let duts = [udhcpc(&lab, "tv-1"), udhcpc(&lab, "stick-2")];
@@ -252,6 +252,21 @@ fn a_flood_of_random_macs_is_bounded_and_real_duts_stay_tracked() {
         status_value(&status, "log", "suppressed").unwrap_or(0) > 0,
         "the refusal warnings were rate-limited and counted: {}",
         status["status"]["log"]
+    );
+
+    // Log volume: per kind (refused, evicted) at most `log.max_per_minute` (10) lines in each
+    // minute the agent ran, plus one summary line per kind and minute.
+    let log = agent.log();
+    let cap_lines = log
+        .lines()
+        .filter(|l| l.contains("session cap reached"))
+        .count();
+    let minutes = agent_started.elapsed().as_secs() / 60 + 1;
+    let allowed = 2 * (10 + 1) * minutes as usize;
+    println!("log: {cap_lines} session-cap lines in {minutes} minute windows (at most {allowed})");
+    assert!(
+        cap_lines <= allowed,
+        "{cap_lines} session-cap warnings in the log, more than 2 kinds x 11 x {minutes} minutes"
     );
 
     // The real DUTs are still tracked: the same sessions, online, with their addresses.
