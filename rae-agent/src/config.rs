@@ -277,8 +277,10 @@ fn default_outbox_max_bytes() -> u64 {
 fn default_commit_max_delay_ms() -> u64 {
     100
 }
+/// Enough for the default cap (4096 devices, one ARP or NS every 10 s: 410/s) with room for
+/// devices with IPv6 addresses too; 1000 frames of ~60 bytes a second is nothing on a LAN.
 fn default_probes_per_sec() -> u32 {
-    200
+    1000
 }
 fn default_true() -> bool {
     true
@@ -374,6 +376,24 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             self.log.level = level.clone();
         }
+    }
+
+    /// When `probe.max_per_sec` cannot probe `registry.max_sessions` devices once a round: a
+    /// silent device whose probe the limit held back misses the round, and enough misses take
+    /// it offline although it is there. Not an error (a lab may never get near the cap), but
+    /// said at start and by `--check-config`.
+    pub fn probe_budget_warning(&self) -> Option<String> {
+        let r = &self.registry;
+        let needed = r.max_sessions.div_ceil(r.probe_interval_secs.max(1));
+        (u64::from(self.probe.max_per_sec) < needed).then(|| {
+            format!(
+                "probe.max_per_sec = {} probes fewer than registry.max_sessions = {} devices need                  at one probe every {} s ({needed}/s): beyond {} devices, silent ones may be                  reported offline",
+                self.probe.max_per_sec,
+                r.max_sessions,
+                r.probe_interval_secs,
+                u64::from(self.probe.max_per_sec) * r.probe_interval_secs
+            )
+        })
     }
 
     /// Checks what the types cannot: names, ranges and how the timers relate.
@@ -631,7 +651,11 @@ impl fmt::Display for Config {
             f,
             "log                 {} ({:?})",
             self.log.level, self.log.format
-        )
+        )?;
+        if let Some(warning) = self.probe_budget_warning() {
+            write!(f, "\nwarning             {warning}")?;
+        }
+        Ok(())
     }
 }
 

@@ -190,3 +190,23 @@ fn load_names_the_file_in_errors() {
     let config = Config::load(&good, &Overrides::default()).expect("good config loads");
     assert_eq!(config.agent.serial, "RAE-0001");
 }
+
+#[test]
+fn a_probe_budget_below_what_the_session_cap_needs_is_said() {
+    let config = parse_valid(MINIMAL).expect("minimal config is valid");
+    assert_eq!(
+        config.probe_budget_warning(),
+        None,
+        "the defaults probe every device of the cap once a round"
+    );
+    let short = format!("{MINIMAL}\n[probe]\nmax_per_sec = 200\n");
+    let config = parse_valid(&short).expect("a small probe budget is still valid");
+    let warning = config
+        .probe_budget_warning()
+        .expect("200/s cannot probe 4096 devices every 10 s");
+    assert!(warning.contains("beyond 2000 devices"), "{warning}");
+    assert!(
+        config.to_string().contains(&warning),
+        "--check-config says it"
+    );
+}

@@ -195,6 +195,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     };
     notifier.ready(&format!("watching {interface}"));
     info!(%interface, version = agent.version, "agent running");
+    if let Some(warning) = config.probe_budget_warning() {
+        warn!("{warning}");
+    }
 
     let status_every = Duration::from_secs(config.agent.status_interval_secs);
     let mut housekeeping = tokio::time::interval(
