@@ -362,7 +362,7 @@ impl<I: SessionIds> Core<I> {
         };
         self.deadlines
             .set_expiry(mac, session.expiry_at(&self.timers));
-        self.cap.track(&session);
+        self.cap.track(session);
         match before {
             Some(before) => publish_update(session, &before, cause, &mut out),
             None => out.push(Change::Opened {
@@ -720,7 +720,7 @@ impl<I: SessionIds> Core<I> {
         if moved {
             self.deadlines
                 .set_expiry(mac, session.expiry_at(&self.timers));
-            self.cap.track(&session);
+            self.cap.track(session);
         }
     }
 }
