@@ -3,7 +3,9 @@
 //!
 //! Parts:
 //! - [`run`] (`publisher.rs`): the publisher task. Rows leave in outbox order, at most
-//!   [`PublisherSettings::max_in_flight`] unacknowledged; a row is deleted only after a PUBACK
+//!   [`PublisherSettings::max_in_flight`] unacknowledged and at most one per session (`gate.rs`:
+//!   the rows behind it wait, bounded, so no row overtakes an earlier one of its session when
+//!   that one is refused or lost); a row is deleted only after a PUBACK
 //!   with a success reason code. A refused row (e.g. 0x87, not authorized) stays and is retried
 //!   after a backoff; after a reconnect every unacknowledged row is sent again. Retained
 //!   `online` after every CONNACK, retained `offline` as the Last Will and on shutdown, the
@@ -20,6 +22,7 @@
 mod backoff;
 mod driver;
 mod flight;
+mod gate;
 mod publisher;
 mod supervise;
 
@@ -214,6 +217,9 @@ pub struct PublisherStatus {
     pub refused: u64,
     /// Rows published again: after a reconnect or a refusal.
     pub resent: u64,
+    /// Rows that waited for the acknowledgement of their session's previous row before
+    /// going out (at most one row per session is in flight, so that none overtakes another).
+    pub waited_for_session: u64,
     /// Connections made after the first.
     pub reconnects: u64,
     /// Times the publisher was restarted after an error or a panic.
@@ -241,6 +247,10 @@ impl PublisherStatus {
             ("publish.no_subscribers", self.no_subscribers.to_string()),
             ("publish.refused", self.refused.to_string()),
             ("publish.resent", self.resent.to_string()),
+            (
+                "publish.waited_for_session",
+                self.waited_for_session.to_string(),
+            ),
             ("broker.reconnects", self.reconnects.to_string()),
             ("publish.restarts", self.restarts.to_string()),
             ("publish.inventories", self.inventories.to_string()),
@@ -405,6 +415,7 @@ mod tests {
                 "publish.no_subscribers",
                 "publish.refused",
                 "publish.resent",
+                "publish.waited_for_session",
                 "broker.reconnects",
                 "publish.restarts",
                 "publish.inventories",

@@ -1,10 +1,10 @@
 //! The publisher task: outbox drain, retained status, inventory, reconnects and shutdown.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rae_proto::{AgentState, Inventory, SessionSeq, Status, Topic};
+use rae_proto::{AgentState, Inventory, SessionId, SessionSeq, Status, Topic};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, LastWill, Packet, PubAck, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
@@ -15,8 +15,9 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use super::backoff::Backoff;
 use super::driver::{drive, DriverEvent};
 use super::flight::{Flight, FlightError, Item};
+use super::gate::SessionGate;
 use super::{FaultKind, PublishError, PublisherSettings, PublisherStatus};
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{OutboxRow, StoreError, StoreHandle};
 
 /// How long a shutdown waits for the PUBACKs of what is in flight and of the `offline` status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -25,6 +26,41 @@ const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 /// Acks gathered into one store transaction at most (they are gathered while events are ready).
 const ACK_BATCH: usize = 256;
 const EVENT_CHANNEL: usize = 64;
+/// Rows held back behind their session's unacknowledged row, per row allowed in flight.
+const GATE_ROWS_PER_IN_FLIGHT: usize = 4;
+
+/// Outbox rows published and not yet acknowledged, across connections and restarts of the
+/// publisher, so that a row published again counts as `resent` (rows no longer leave in id
+/// order, so a high-water mark cannot tell).
+#[derive(Debug, Default)]
+pub(super) struct SentRows(Mutex<HashSet<i64>>);
+
+impl SentRows {
+    /// Bounds the set should acks go missing (a row deleted by other means): it only feeds a
+    /// counter, so forgetting it costs at most some uncounted re-sends.
+    const MAX: usize = 1 << 16;
+
+    /// Records that row `id` was published; true when it had been before.
+    fn published(&self, id: i64) -> bool {
+        let mut rows = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if rows.len() >= Self::MAX {
+            rows.clear();
+        }
+        !rows.insert(id)
+    }
+
+    /// Row `id` was acknowledged, or left the outbox otherwise.
+    fn done(&self, id: i64) {
+        let mut rows = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        rows.remove(&id);
+    }
+}
 
 /// Runs the publisher until `shutdown` becomes true (or its sender is dropped); see the module
 /// documentation. Returns an error for settings it cannot run with (TLS included) and when
@@ -36,19 +72,19 @@ pub async fn run(
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), PublishError> {
-    let sent_through = Arc::new(AtomicI64::new(0));
-    run_after(settings, store, inventory, status, shutdown, sent_through).await
+    let sent = Arc::new(SentRows::default());
+    run_after(settings, store, inventory, status, shutdown, sent).await
 }
 
-/// [`run`], after an earlier run that queued rows up to `sent_through` (which this run keeps
-/// up to date), so that the rows it sends again count as `resent`.
+/// [`run`], after an earlier run that published the unacknowledged rows in `sent` (which this
+/// run keeps up to date), so that the rows it sends again count as `resent`.
 pub(super) async fn run_after(
     settings: PublisherSettings,
     store: StoreHandle,
     inventory: watch::Receiver<Vec<SessionSeq>>,
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
-    sent_through: Arc<AtomicI64>,
+    sent: Arc<SentRows>,
 ) -> Result<(), PublishError> {
     settings.check()?;
     let status_topic = Topic::status(settings.serial.clone()).to_string();
@@ -74,9 +110,15 @@ pub(super) async fn run_after(
     let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let driver = drive(eventloop, events_tx, move || last_will().ok());
-    let mut publisher = Publisher::new(settings, store, client, inventory, status, status_topic);
-    publisher.sent_through = sent_through.load(Ordering::Relaxed);
-    publisher.shared_sent_through = Some(sent_through);
+    let publisher = Publisher::new(
+        settings,
+        store,
+        client,
+        inventory,
+        status,
+        status_topic,
+        sent,
+    );
     let main = publisher.run(events, shutdown);
     tokio::pin!(driver, main);
     // Both run in this task, so dropping `run` drops the connection with it (the broker then
@@ -147,12 +189,15 @@ struct Publisher {
     inventory_topic: String,
     flight: Flight,
     link: Link,
-    /// The highest row id queued on this connection; the next peek starts after it.
+    /// The highest row id peeked on this connection (queued or held in `gate`); the next
+    /// peek starts after it.
     cursor: i64,
-    /// The highest row id ever queued; a row at or below it is a re-send.
-    sent_through: i64,
-    /// Where `sent_through` survives a restart of the publisher.
-    shared_sent_through: Option<Arc<AtomicI64>>,
+    /// One unacknowledged row per session; the rows behind it wait here.
+    gate: SessionGate<SessionId, OutboxRow>,
+    /// The session of each row in flight, to release its next row when it is acknowledged.
+    row_sessions: HashMap<i64, SessionId>,
+    /// Rows published and unacknowledged, shared with the publisher's next run.
+    sent: Arc<SentRows>,
     /// The outbox may hold rows after `cursor`.
     outbox_more: bool,
     /// Rows in flight at most: ours, or the broker's Receive Maximum if lower.
@@ -180,11 +225,13 @@ impl Publisher {
         inventory: watch::Receiver<Vec<SessionSeq>>,
         status_tx: watch::Sender<PublisherStatus>,
         status_topic: String,
+        sent: Arc<SentRows>,
     ) -> Publisher {
         let inventory_topic = Topic::inventory(settings.serial.clone()).to_string();
         let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let limit = usize::from(settings.max_in_flight);
+        let gate = SessionGate::new(limit * GATE_ROWS_PER_IN_FLIGHT);
         // A restarted publisher carries on the counters of the one before.
         let status = PublisherStatus {
             connected: false,
@@ -208,8 +255,9 @@ impl Publisher {
             flight: Flight::default(),
             link,
             cursor: 0,
-            sent_through: 0,
-            shared_sent_through: None,
+            gate,
+            row_sessions: HashMap::new(),
+            sent,
             outbox_more: true,
             limit,
             pause: Pause::None,
@@ -355,9 +403,8 @@ impl Publisher {
             .min(broker_max)
             .max(1);
         // A clean start: every unacknowledged row goes out again, from the oldest.
-        self.flight.clear();
+        self.forget_in_flight();
         self.desynced = false;
-        self.cursor = 0;
         self.outbox_more = true;
         if self.pause == Pause::Rewind {
             self.pause = Pause::None;
@@ -390,6 +437,10 @@ impl Publisher {
                     self.acks.push(id);
                     self.status.acked += 1;
                     self.no_subscribers(ack.reason);
+                    self.sent.done(id);
+                    if let Some(session) = self.row_sessions.remove(&id) {
+                        self.gate.settled(session);
+                    }
                 }
                 Item::Inventory => self.status.inventories += 1,
                 Item::Status(_) => {}
@@ -403,6 +454,11 @@ impl Publisher {
             return;
         }
         self.status.refused += 1;
+        if let Item::Row(id) = item {
+            // Not settled: the session's later rows stay held until the rewind, which sends
+            // this one first.
+            self.row_sessions.remove(&id);
+        }
         if self.refusals[kind as usize] != Some(ack.reason) {
             self.refusals[kind as usize] = Some(ack.reason);
             tracing::warn!(
@@ -471,9 +527,8 @@ impl Publisher {
         self.link = Link::Down;
         self.status.connected = false;
         self.status.last_error = Some(cause);
-        self.flight.clear();
+        self.forget_in_flight();
         self.desynced = false;
-        self.cursor = 0;
         if self.stopping {
             // Dropping `resume` ends the driver.
             return;
@@ -482,41 +537,70 @@ impl Publisher {
         let _ = resume.send(self.connect_backoff.next_delay());
     }
 
-    /// Queues outbox rows while there is room in flight.
+    /// Queues outbox rows while there is room in flight: first the rows released by an ack of
+    /// their session's previous row, then new rows from the outbox (those of a session with a
+    /// row in flight wait in the gate, within its bound).
     async fn fill(&mut self) -> Result<(), PublishError> {
         if !self.is_up() || self.desynced {
             return Ok(());
         }
         if self.pause == Pause::Rewind && self.flight.rows() == 0 {
+            // No row in flight, so none is lost by starting over; the status and inventory
+            // in flight stay tracked.
+            self.gate.clear();
+            self.row_sessions.clear();
             self.cursor = 0;
             self.outbox_more = true;
             self.pause = Pause::None;
         }
-        while self.pause == Pause::None && self.outbox_more && self.flight.rows() < self.limit {
-            let room = self.limit - self.flight.rows();
-            let rows = self.store.outbox_peek(self.cursor, room).await?;
-            self.outbox_more = rows.len() == room;
+        if self.pause != Pause::None {
+            return Ok(());
+        }
+        while self.flight.rows() < self.limit {
+            let Some(row) = self.gate.next_ready() else {
+                break;
+            };
+            self.send_row(row)?;
+        }
+        while self.outbox_more && self.flight.rows() < self.limit && self.gate.room() > 0 {
+            let want = (self.limit - self.flight.rows()).min(self.gate.room());
+            let rows = self.store.outbox_peek(self.cursor, want).await?;
+            self.outbox_more = rows.len() == want;
             for row in rows {
-                self.client
-                    .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
-                    .map_err(|source| PublishError::Client {
-                        what: "publish an outbox row",
-                        source: Box::new(source),
-                    })?;
-                self.flight.queue(Item::Row(row.id));
                 self.cursor = row.id;
-                self.status.published += 1;
-                if row.id <= self.sent_through {
-                    self.status.resent += 1;
+                if let Some(row) = self.gate.admit(row.session, row) {
+                    self.send_row(row)?;
                 } else {
-                    self.sent_through = row.id;
-                    if let Some(shared) = &self.shared_sent_through {
-                        shared.store(row.id, Ordering::Relaxed);
-                    }
+                    self.status.waited_for_session += 1;
                 }
             }
         }
         Ok(())
+    }
+
+    fn send_row(&mut self, row: OutboxRow) -> Result<(), PublishError> {
+        self.client
+            .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
+            .map_err(|source| PublishError::Client {
+                what: "publish an outbox row",
+                source: Box::new(source),
+            })?;
+        self.flight.queue(Item::Row(row.id));
+        self.row_sessions.insert(row.id, row.session);
+        self.status.published += 1;
+        if self.sent.published(row.id) {
+            self.status.resent += 1;
+        }
+        Ok(())
+    }
+
+    /// Nothing in flight will be acknowledged (the connection is new or gone): every
+    /// unacknowledged row is peeked again, from the oldest.
+    fn forget_in_flight(&mut self) {
+        self.flight.clear();
+        self.gate.clear();
+        self.row_sessions.clear();
+        self.cursor = 0;
     }
 
     fn send_status(&mut self, state: AgentState) -> Result<(), PublishError> {

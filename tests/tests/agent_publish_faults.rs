@@ -1,0 +1,260 @@
+//! The real `rae-agent` binary against a real mosquitto that misbehaves: a broker whose ACL
+//! refuses device events (then is fixed and reloaded), a broker whose Maximum Packet Size is
+//! below a Snapshot, a broker frozen with rows in flight and then replaced. The subscriber
+//! checks what a QoS 1 consumer may rely on (`Stream::check`: no gap, no reorder, duplicates
+//! only byte-identical) and the folded state against `raectl devices --all --json`; each
+//! test asserts the counter of the mechanism it aims at.
+//!
+//! Needs root, iproute2, dnsmasq and mosquitto; and the workspace built (`cargo build`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rae_proto::Mac;
+use rae_tests::agent::{raectl, Agent, AgentSpec};
+use rae_tests::inject::{arp_announcement, Injector};
+use rae_tests::mqtt_watch::MqttWatch;
+use rae_tests::netlab::{wait_until, DutKind, DutSpec, Lab, LabConfig};
+use rae_tests::services::{Acl, BrokerSetup, Mosquitto, MosquittoOptions};
+use rae_tests::stream_check::Stream;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// The agent retries refused rows with a backoff of up to 60 s.
+const RETRY_WAIT: Duration = Duration::from_secs(100);
+
+/// `raectl status --json`, parsed.
+fn status(spec: &AgentSpec) -> Result<Value, String> {
+    let (code, out, err) = raectl(spec, &["status", "--json"]).map_err(|e| e.to_string())?;
+    if !code.success() {
+        return Err(format!("raectl status: {code}: {err}"));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("raectl status --json: {e}: {out}"))
+}
+
+/// A counter of `raectl status --json`, e.g. `("publish", "refused")`; numbers may be strings.
+fn counter(json: &Value, section: &str, name: &str) -> Option<u64> {
+    let value = &json["status"][section][name];
+    value.as_u64().or_else(|| value.as_str()?.parse().ok())
+}
+
+fn outbox_rows(json: &Value) -> Option<u64> {
+    json["outbox"]["rows"].as_u64()
+}
+
+/// The counters a fault test reports when it fails.
+fn summary(json: &Value) -> String {
+    format!(
+        "publish {} broker {} outbox {}",
+        json["status"]["publish"], json["status"]["broker"], json["outbox"]
+    )
+}
+
+/// The lab, a broker, a subscriber for the cloud and the agent on the lab's bridge.
+struct Bed {
+    lab: Lab,
+    broker: Mosquitto,
+    watch: MqttWatch,
+    spec: AgentSpec,
+    agent: Agent,
+}
+
+impl Bed {
+    fn start(serial: &str, setup: BrokerSetup) -> Bed {
+        let lab =
+            Lab::start(LabConfig::default()).unwrap_or_else(|e| panic!("starting the lab: {e}"));
+        let broker = Mosquitto::start_setup(MosquittoOptions::default(), setup)
+            .unwrap_or_else(|e| panic!("starting mosquitto: {e}"));
+        let watch = MqttWatch::start(broker.host(), broker.port(), "cloud-watch", &["rae/v1/#"])
+            .unwrap_or_else(|e| panic!("subscribing: {e}"));
+        let spec = AgentSpec::for_lab(
+            serial,
+            lab.bridge_name(),
+            &lab.dir().join("agent"),
+            broker.host(),
+            broker.port(),
+        );
+        let (agent, _) = Agent::start_online(&spec, &watch, WAIT)
+            .unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
+        Bed {
+            lab,
+            broker,
+            watch,
+            spec,
+            agent,
+        }
+    }
+
+    /// A DUT that speaks (one ping), with an injector for frames of other devices behind it.
+    fn injector(&self, name: &str, host: u8) -> (rae_tests::netlab::Dut, Injector) {
+        let ip = self.lab.net().host_v4(host);
+        let dut = self
+            .lab
+            .add_dut(DutSpec::new(name, DutKind::StaticV4 { addr: ip }))
+            .unwrap_or_else(|e| panic!("adding the DUT: {e}"));
+        let _ = dut.ping(IpAddr::V4(self.lab.router_v4()));
+        let injector = Injector::open(dut.ns_name(), "eth0")
+            .unwrap_or_else(|e| panic!("opening the injector in {}: {e}", dut.ns_name()));
+        (dut, injector)
+    }
+
+    /// Each of `macs` announces address `first_host + round * macs.len() + k`: one change
+    /// per device and round (a Snapshot in the first round, an IPv4 Delta after).
+    fn announce(&self, injector: &Injector, macs: &[Mac], round: usize, first_host: usize) {
+        for (k, mac) in macs.iter().enumerate() {
+            let host = first_host + round * macs.len() + k;
+            let host = u8::try_from(host).unwrap_or_else(|_| panic!("host {host} above 255"));
+            injector
+                .send(&arp_announcement(*mac, self.lab.net().host_v4(host)))
+                .unwrap_or_else(|e| panic!("injecting an ARP announcement: {e}"));
+        }
+    }
+
+    /// Waits until the outbox is empty and the subscriber's stream is valid and folds to what
+    /// `raectl devices --all --json` shows; returns the stream.
+    fn wait_delivered(&mut self, what: &str, within: Duration) -> Stream {
+        let spec = self.spec.clone();
+        let watch = &self.watch;
+        let result = wait_until(what, within, || {
+            let json = match status(&spec) {
+                Ok(json) => json,
+                Err(e) => return Ok(Err(e)),
+            };
+            if outbox_rows(&json) != Some(0) {
+                return Ok(Err(format!("outbox not empty: {}", summary(&json))));
+            }
+            let stream = match Stream::check(&watch.messages()) {
+                Ok(stream) => stream,
+                Err(problems) => return Ok(Err(format!("STREAM INVALID: {problems}"))),
+            };
+            let (_, devices, _) = raectl(&spec, &["devices", "--all", "--json"])?;
+            match stream.matches_registry(&devices) {
+                Ok(()) => Ok(Ok(stream)),
+                Err(diff) => Ok(Err(format!("subscriber and registry differ: {diff}"))),
+            }
+        });
+        match result {
+            Ok(stream) => stream,
+            Err(e) => panic!("{e}\nagent log:\n{}", self.agent.log_tail()),
+        }
+    }
+
+    /// Waits for `raectl status --json` to satisfy `probe`; returns that status.
+    fn wait_status(&self, what: &str, within: Duration, probe: impl Fn(&Value) -> bool) -> Value {
+        let result = wait_until(what, within, || {
+            let json = match status(&self.spec) {
+                Ok(json) => json,
+                Err(e) => return Ok(Err(e)),
+            };
+            if probe(&json) {
+                Ok(Ok(json))
+            } else {
+                Ok(Err(summary(&json)))
+            }
+        });
+        result.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.agent.log_tail()))
+    }
+
+    fn stop(mut self) {
+        self.agent
+            .ensure_running()
+            .unwrap_or_else(|e| panic!("the agent died: {e}\n{}", self.agent.log_tail()));
+        let status = self
+            .agent
+            .terminate(Duration::from_secs(15))
+            .expect("SIGTERM");
+        assert!(status.success(), "exit status {status}");
+        drop(self.broker);
+    }
+}
+
+/// Locally administered MACs of injected devices, distinct per test (`tag`).
+fn macs(tag: u8, count: usize) -> Vec<Mac> {
+    (0..count)
+        .map(|k| Mac([0x02, 0xfa, tag, 0, 0, u8::try_from(k).unwrap_or(u8::MAX)]))
+        .collect()
+}
+
+fn device_events(watch: &MqttWatch) -> usize {
+    watch
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("/devices/"))
+        .count()
+}
+
+#[test]
+fn refused_rows_wait_in_the_outbox_and_are_not_overtaken_once_the_acl_is_fixed() {
+    const SERIAL: &str = "LAB-RAE-ACL";
+    let refusing = Acl::from_text(format!(
+        "topic write rae/v1/{SERIAL}/status\n\
+         topic write rae/v1/{SERIAL}/inventory\n\
+         topic read #\n"
+    ));
+    let fixed = Acl::from_text(format!(
+        "{}topic write rae/v1/{SERIAL}/devices/#\n",
+        refusing.text()
+    ));
+    let mut bed = Bed::start(
+        SERIAL,
+        BrokerSetup {
+            anonymous_acl: Some(refusing),
+            ..BrokerSetup::default()
+        },
+    );
+    let (_dut, injector) = bed.injector("acl-day", 10);
+    // Three devices, four changes each: several rows per session queued behind refusals.
+    let devices = macs(1, 3);
+    for round in 0..4 {
+        bed.announce(&injector, &devices, round, 100);
+    }
+    let json = bed.wait_status(
+        "device events refused (publish.refused > 0) with rows of several changes per device in the outbox",
+        WAIT,
+        |json| {
+            counter(json, "publish", "refused").unwrap_or(0) > 0
+                && outbox_rows(json).unwrap_or(0) >= 12
+        },
+    );
+    assert_eq!(
+        counter(&json, "publish", "acked"),
+        Some(0),
+        "a refused row is not acknowledged: {}",
+        summary(&json)
+    );
+    assert_eq!(
+        device_events(&bed.watch),
+        0,
+        "the broker delivered a refused event"
+    );
+
+    bed.broker
+        .replace_acl(&fixed)
+        .unwrap_or_else(|e| panic!("reloading the ACL: {e}"));
+    let stream = bed.wait_delivered(
+        "every event delivered once the ACL allows it, in order, the outbox empty",
+        RETRY_WAIT,
+    );
+    for mac in &devices {
+        assert!(
+            stream
+                .sessions
+                .values()
+                .any(|s| s.record.mac == *mac && s.last_seq >= 4),
+            "device {mac} and its four changes reached the subscriber"
+        );
+    }
+    let json = status(&bed.spec).unwrap_or_else(|e| panic!("{e}"));
+    let waited = counter(&json, "publish", "waited_for_session").unwrap_or(0);
+    assert!(
+        waited > 0,
+        "rows of a session with a row in flight were held back (publish.waited_for_session): {}",
+        summary(&json)
+    );
+    assert!(
+        counter(&json, "publish", "resent").unwrap_or(0) > 0,
+        "the refused rows were sent again: {}",
+        summary(&json)
+    );
+    bed.stop();
+}
