@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use rae_proto::Mac;
+use rae_proto::{Event, Mac};
 use rae_tests::agent::{raectl, Agent, AgentSpec};
 use rae_tests::inject::{arp_announcement, Injector};
 use rae_tests::mqtt_watch::MqttWatch;
@@ -255,6 +255,112 @@ fn refused_rows_wait_in_the_outbox_and_are_not_overtaken_once_the_acl_is_fixed()
         counter(&json, "publish", "resent").unwrap_or(0) > 0,
         "the refused rows were sent again: {}",
         summary(&json)
+    );
+    bed.stop();
+}
+
+/// The sessions whose Snapshot at the subscriber is of one of `macs`, and the messages of
+/// those sessions only.
+fn messages_of(watch: &MqttWatch, macs: &[Mac]) -> Vec<rae_tests::mqtt_watch::Received> {
+    let messages = watch.messages();
+    let sessions: Vec<_> = messages
+        .iter()
+        .filter_map(|m| m.event())
+        .filter(|e| matches!(&e.event, Event::Snapshot { record } if macs.contains(&record.mac)))
+        .map(|e| e.session)
+        .collect();
+    messages
+        .into_iter()
+        .filter(|m| m.event().is_some_and(|e| sessions.contains(&e.session)))
+        .collect()
+}
+
+#[test]
+fn a_row_above_the_brokers_maximum_packet_size_is_dropped_counted_and_does_not_block_the_rest() {
+    // Above the CONNECT with its Will, the status, the inventory and a small device's events;
+    // below the Snapshot of a DHCP client with a long host name and vendor class.
+    const MAX_PACKET: usize = 400;
+    let bed = Bed::start(
+        "LAB-RAE-BIG",
+        BrokerSetup {
+            extra_config: format!("max_packet_size {MAX_PACKET}\n"),
+            ..BrokerSetup::default()
+        },
+    );
+    let hostname = format!("big-{}", "h".repeat(200));
+    let big = bed
+        .lab
+        .add_dut(DutSpec::new(
+            "big-day",
+            DutKind::Dhclient {
+                hostname: Some(hostname),
+                vendor_class: Some(format!("vendor-{}", "v".repeat(200))),
+            },
+        ))
+        .unwrap_or_else(|e| panic!("adding the DHCP DUT: {e}"));
+    let json = bed.wait_status(
+        "the big Snapshot dropped as oversize (publish.oversize > 0)",
+        WAIT,
+        |json| counter(json, "publish", "oversize").unwrap_or(0) > 0,
+    );
+    assert_eq!(
+        counter(&json, "broker", "reconnects"),
+        Some(0),
+        "the oversize row did not cost the connection: {}",
+        summary(&json)
+    );
+
+    // Rows after it still flow.
+    let (_dut, injector) = bed.injector("small-day", 11);
+    let devices = macs(2, 3);
+    for round in 0..2 {
+        bed.announce(&injector, &devices, round, 120);
+    }
+    let watch = &bed.watch;
+    let delivered = wait_until("the small devices' events at the subscriber", WAIT, || {
+        let messages = messages_of(watch, &devices);
+        let stream = match Stream::check(&messages) {
+            Ok(stream) => stream,
+            Err(problems) => return Ok(Err(format!("STREAM INVALID: {problems}"))),
+        };
+        let done = devices.iter().all(|mac| {
+            stream
+                .sessions
+                .values()
+                .any(|s| s.record.mac == *mac && s.last_seq >= 2)
+        });
+        Ok(if done {
+            Ok(stream)
+        } else {
+            Err(format!("{} sessions so far", stream.sessions.len()))
+        })
+    });
+    delivered.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", bed.agent.log_tail()));
+    let json = bed.wait_status("an empty outbox", WAIT, |json| outbox_rows(json) == Some(0));
+    assert_eq!(
+        counter(&json, "broker", "reconnects"),
+        Some(0),
+        "no reconnect: {}",
+        summary(&json)
+    );
+    let big_mac = Mac(big.mac().0);
+    assert!(
+        !bed.watch
+            .events()
+            .iter()
+            .any(|e| matches!(&e.event, Event::Snapshot { record } if record.mac == big_mac)),
+        "the oversize Snapshot never reached the broker"
+    );
+    let warnings = bed
+        .agent
+        .log()
+        .matches("exceeds the broker's Maximum Packet Size")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "logged once per kind:\n{}",
+        bed.agent.log_tail()
     );
     bed.stop();
 }

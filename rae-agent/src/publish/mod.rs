@@ -6,10 +6,12 @@
 //!   [`PublisherSettings::max_in_flight`] unacknowledged and at most one per session (`gate.rs`:
 //!   the rows behind it wait, bounded, so no row overtakes an earlier one of its session when
 //!   that one is refused or lost); a row is deleted only after a PUBACK
-//!   with a success reason code. A refused row (e.g. 0x87, not authorized) stays and is retried
-//!   after a backoff; after a reconnect every unacknowledged row is sent again. Retained
-//!   `online` after every CONNACK, retained `offline` as the Last Will and on shutdown, the
-//!   inventory after every connect and every [`PublisherSettings::inventory_interval`].
+//!   with a success reason code. A row whose PUBLISH exceeds the broker's Maximum Packet
+//!   Size (CONNACK) is not sent but dropped from the outbox and counted (`publish.oversize`),
+//!   so that it cannot drop the connection and block the rows behind it. A refused row
+//!   (e.g. 0x87, not authorized) stays and is retried after a backoff; after a reconnect
+//!   every unacknowledged row is sent again. Retained `online` after every CONNACK, retained
+//!   `offline` as the Last Will and on shutdown, the inventory after every connect and every [`PublisherSettings::inventory_interval`].
 //! - [`supervise`] (`supervise.rs`): restarts [`run`] with backoff after an error or a panic
 //!   (counted in `publish.restarts`); errors a restart cannot cure end it, and the daemon.
 //! - `driver.rs`: the loop that polls rumqttc's event loop; `flight.rs`: maps PUBACKs back to
@@ -222,6 +224,11 @@ pub struct PublisherStatus {
     pub waited_for_session: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Outbox rows dropped because their PUBLISH exceeds the broker's Maximum Packet Size
+    /// (the subscriber sees a gap at their seq).
+    pub oversize: u64,
+    /// Inventories not sent because they exceed the broker's Maximum Packet Size.
+    pub oversize_inventories: u64,
     /// Times the publisher was restarted after an error or a panic.
     pub restarts: u64,
     /// Inventories the broker acknowledged.
@@ -250,6 +257,11 @@ impl PublisherStatus {
             (
                 "publish.waited_for_session",
                 self.waited_for_session.to_string(),
+            ),
+            ("publish.oversize", self.oversize.to_string()),
+            (
+                "publish.oversize_inventories",
+                self.oversize_inventories.to_string(),
             ),
             ("broker.reconnects", self.reconnects.to_string()),
             ("publish.restarts", self.restarts.to_string()),
@@ -416,6 +428,8 @@ mod tests {
                 "publish.refused",
                 "publish.resent",
                 "publish.waited_for_session",
+                "publish.oversize",
+                "publish.oversize_inventories",
                 "broker.reconnects",
                 "publish.restarts",
                 "publish.inventories",

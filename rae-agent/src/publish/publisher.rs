@@ -205,6 +205,10 @@ struct Publisher {
     pause: Pause,
     /// The last refusal logged, per [`Kind`].
     refusals: [Option<PubAckReason>; 3],
+    /// The broker's Maximum Packet Size (CONNACK), if it set one.
+    max_packet: Option<usize>,
+    /// An oversize publish was logged, per [`Kind`] (once per run).
+    oversize_logged: [bool; 3],
     /// The last device event was acked with 0x10 (no matching subscribers).
     unheard: bool,
     retry_backoff: Backoff,
@@ -262,6 +266,8 @@ impl Publisher {
             limit,
             pause: Pause::None,
             refusals: [None; 3],
+            max_packet: None,
+            oversize_logged: [false; 3],
             unheard: false,
             retry_backoff,
             connect_backoff,
@@ -402,6 +408,13 @@ impl Publisher {
         self.limit = usize::from(self.settings.max_in_flight)
             .min(broker_max)
             .max(1);
+        // rumqttc fails the connection when it is asked to write a larger packet, so a row
+        // above it would be first again after every reconnect: checked before sending.
+        self.max_packet = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .and_then(|max| usize::try_from(max).ok());
         // A clean start: every unacknowledged row goes out again, from the oldest.
         self.forget_in_flight();
         self.desynced = false;
@@ -575,10 +588,23 @@ impl Publisher {
                 }
             }
         }
-        Ok(())
+        // The oversize rows dropped, so that the next peek does not meet them again.
+        self.flush_acks().await
     }
 
+    /// Publishes `row`, or drops it when its PUBLISH exceeds the broker's Maximum Packet Size.
     fn send_row(&mut self, row: OutboxRow) -> Result<(), PublishError> {
+        let size = publish_packet_size(row.topic.len(), row.payload.len());
+        if !self.fits(size, Kind::Devices) {
+            // No broker of this connection would ever take it, and keeping it would block
+            // its session for good: it leaves the outbox, counted. The subscriber sees a gap
+            // at its seq; the session's next periodic Snapshot carries its state again.
+            self.status.oversize += 1;
+            self.sent.done(row.id);
+            self.acks.push(row.id);
+            self.gate.settled(row.session);
+            return Ok(());
+        }
         self.client
             .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
             .map_err(|source| PublishError::Client {
@@ -637,6 +663,11 @@ impl Publisher {
                 return Ok(());
             }
         };
+        let size = publish_packet_size(self.inventory_topic.len(), payload.len());
+        if !self.fits(size, Kind::Inventory) {
+            self.status.oversize_inventories += 1;
+            return Ok(());
+        }
         self.client
             .try_publish(
                 self.inventory_topic.clone(),
@@ -713,6 +744,25 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether a PUBLISH of `size` bytes is within the broker's Maximum Packet Size; logs
+    /// the first one that is not, per kind.
+    fn fits(&mut self, size: usize, kind: Kind) -> bool {
+        let Some(max) = self.max_packet.filter(|max| size > *max) else {
+            return true;
+        };
+        if !std::mem::replace(&mut self.oversize_logged[kind as usize], true) {
+            tracing::warn!(
+                topic = kind.name(),
+                size,
+                max_packet_size = max,
+                "a publish exceeds the broker's Maximum Packet Size and is dropped (device \
+                 events leave the outbox); see publish.oversize, publish.oversize_inventories; \
+                 logged once"
+            );
+        }
+        false
+    }
+
     fn is_up(&self) -> bool {
         matches!(self.link, Link::Up { .. })
     }
@@ -750,6 +800,20 @@ fn status_payload(
     })
 }
 
+/// The size of the whole MQTT v5 PUBLISH packet (QoS 1, no properties) that rumqttc writes
+/// for `topic_len` and `payload_len` bytes, as the broker's Maximum Packet Size counts it.
+fn publish_packet_size(topic_len: usize, payload_len: usize) -> usize {
+    // Topic length prefix and topic, packet id, property length (0), payload.
+    let remaining = 2 + topic_len + 2 + 1 + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
 /// The MQTT v5 reason code, as operators and broker logs write it.
 fn reason_code(reason: PubAckReason) -> u8 {
     match reason {
@@ -762,5 +826,36 @@ fn reason_code(reason: PubAckReason) -> u8 {
         PubAckReason::PacketIdentifierInUse => 0x91,
         PubAckReason::QuotaExceeded => 0x97,
         PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+
+    #[test]
+    fn the_packet_size_is_what_rumqttc_writes() {
+        for (topic, payload) in [
+            (0, 0),
+            (10, 100),
+            (60, 65),
+            (60, 200),
+            (40, 16_300),
+            (9, 3_000_000),
+        ] {
+            let mut publish = Publish::new(
+                "t".repeat(topic),
+                QoS::AtLeastOnce,
+                vec![7u8; payload],
+                None,
+            );
+            publish.pkid = 1;
+            assert_eq!(
+                publish_packet_size(topic, payload),
+                publish.size(),
+                "topic {topic} payload {payload}"
+            );
+        }
     }
 }
