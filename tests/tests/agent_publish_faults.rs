@@ -7,13 +7,14 @@
 //!
 //! Needs root, iproute2, dnsmasq and mosquitto; and the workspace built (`cargo build`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use rae_proto::{Event, Mac};
 use rae_tests::agent::{raectl, Agent, AgentSpec};
 use rae_tests::inject::{arp_announcement, Injector};
-use rae_tests::mqtt_watch::MqttWatch;
+use rae_tests::mqtt_watch::{MqttWatch, Received};
 use rae_tests::netlab::{wait_until, DutKind, DutSpec, Lab, LabConfig};
 use rae_tests::services::{Acl, BrokerSetup, Mosquitto, MosquittoOptions};
 use rae_tests::stream_check::Stream;
@@ -65,15 +66,29 @@ impl Bed {
             Lab::start(LabConfig::default()).unwrap_or_else(|e| panic!("starting the lab: {e}"));
         let broker = Mosquitto::start_setup(MosquittoOptions::default(), setup)
             .unwrap_or_else(|e| panic!("starting mosquitto: {e}"));
-        let watch = MqttWatch::start(broker.host(), broker.port(), "cloud-watch", &["rae/v1/#"])
+        let watch_host = broker.host().to_owned();
+        Bed::start_on(lab, broker, &watch_host, serial, |_| {})
+    }
+
+    /// With the lab and broker given; the subscriber connects to `watch_host`, the agent to
+    /// the broker's host, with `tweak` applied to its spec.
+    fn start_on(
+        lab: Lab,
+        broker: Mosquitto,
+        watch_host: &str,
+        serial: &str,
+        tweak: impl FnOnce(&mut AgentSpec),
+    ) -> Bed {
+        let watch = MqttWatch::start(watch_host, broker.port(), "cloud-watch", &["rae/v1/#"])
             .unwrap_or_else(|e| panic!("subscribing: {e}"));
-        let spec = AgentSpec::for_lab(
+        let mut spec = AgentSpec::for_lab(
             serial,
             lab.bridge_name(),
             &lab.dir().join("agent"),
             broker.host(),
             broker.port(),
         );
+        tweak(&mut spec);
         let (agent, _) = Agent::start_online(&spec, &watch, WAIT)
             .unwrap_or_else(|e| panic!("starting rae-agent: {e}"));
         Bed {
@@ -112,9 +127,28 @@ impl Bed {
 
     /// Waits until the outbox is empty and the subscriber's stream is valid and folds to what
     /// `raectl devices --all --json` shows; returns the stream.
-    fn wait_delivered(&mut self, what: &str, within: Duration) -> Stream {
-        let spec = self.spec.clone();
+    /// Also waits for every one of `devices` to have reached seq `seq` at the subscriber.
+    fn wait_delivered(
+        &mut self,
+        what: &str,
+        within: Duration,
+        devices: &[Mac],
+        seq: u64,
+    ) -> Stream {
         let watch = &self.watch;
+        self.wait_delivered_to(what, within, devices, seq, || watch.messages())
+    }
+
+    /// [`Bed::wait_delivered`], for what `messages` returns (e.g. of two subscribers).
+    fn wait_delivered_to(
+        &self,
+        what: &str,
+        within: Duration,
+        devices: &[Mac],
+        seq: u64,
+        messages: impl Fn() -> Vec<Received>,
+    ) -> Stream {
+        let spec = self.spec.clone();
         let result = wait_until(what, within, || {
             let json = match status(&spec) {
                 Ok(json) => json,
@@ -123,10 +157,23 @@ impl Bed {
             if outbox_rows(&json) != Some(0) {
                 return Ok(Err(format!("outbox not empty: {}", summary(&json))));
             }
-            let stream = match Stream::check(&watch.messages()) {
+            let stream = match Stream::check(&messages()) {
                 Ok(stream) => stream,
                 Err(problems) => return Ok(Err(format!("STREAM INVALID: {problems}"))),
             };
+            let behind: Vec<String> = devices
+                .iter()
+                .filter(|mac| {
+                    !stream
+                        .sessions
+                        .values()
+                        .any(|s| s.record.mac == **mac && s.last_seq >= seq)
+                })
+                .map(|mac| mac.to_string())
+                .collect();
+            if !behind.is_empty() {
+                return Ok(Err(format!("not yet at seq {seq}: {}", behind.join(" "))));
+            }
             let (_, devices, _) = raectl(&spec, &["devices", "--all", "--json"])?;
             match stream.matches_registry(&devices) {
                 Ok(()) => Ok(Ok(stream)),
@@ -234,6 +281,8 @@ fn refused_rows_wait_in_the_outbox_and_are_not_overtaken_once_the_acl_is_fixed()
     let stream = bed.wait_delivered(
         "every event delivered once the ACL allows it, in order, the outbox empty",
         RETRY_WAIT,
+        &devices,
+        4,
     );
     for mac in &devices {
         assert!(
@@ -261,7 +310,7 @@ fn refused_rows_wait_in_the_outbox_and_are_not_overtaken_once_the_acl_is_fixed()
 
 /// The sessions whose Snapshot at the subscriber is of one of `macs`, and the messages of
 /// those sessions only.
-fn messages_of(watch: &MqttWatch, macs: &[Mac]) -> Vec<rae_tests::mqtt_watch::Received> {
+fn messages_of(watch: &MqttWatch, macs: &[Mac]) -> Vec<Received> {
     let messages = watch.messages();
     let sessions: Vec<_> = messages
         .iter()
@@ -361,6 +410,293 @@ fn a_row_above_the_brokers_maximum_packet_size_is_dropped_counted_and_does_not_b
         1,
         "logged once per kind:\n{}",
         bed.agent.log_tail()
+    );
+    bed.stop();
+}
+
+/// Rows handed to the broker and not answered yet, from `raectl status --json`.
+fn unanswered(json: &Value) -> u64 {
+    let published = counter(json, "publish", "published").unwrap_or(0);
+    let answered = counter(json, "publish", "acked").unwrap_or(0)
+        + counter(json, "publish", "refused").unwrap_or(0);
+    published.saturating_sub(answered)
+}
+
+#[test]
+fn a_frozen_then_replaced_broker_loses_nothing_and_the_rows_in_flight_are_resent() {
+    let mut bed = Bed::start("LAB-RAE-FREEZE", BrokerSetup::default());
+    let (_dut, injector) = bed.injector("freeze-day", 12);
+    // One row in flight per session: 30 devices for more than 20 rows in flight.
+    let devices = macs(4, 30);
+    bed.announce(&injector, &devices, 0, 100);
+    bed.wait_delivered("the first Snapshots delivered", WAIT, &devices, 1);
+
+    bed.broker
+        .signal(Signal::SIGSTOP)
+        .unwrap_or_else(|e| panic!("SIGSTOP mosquitto: {e}"));
+    for round in 1..4 {
+        bed.announce(&injector, &devices, round, 100);
+    }
+    let json = bed.wait_status(
+        "at least 20 rows published and unacknowledged while the broker is frozen",
+        WAIT,
+        |json| unanswered(json) >= 20,
+    );
+    let in_flight = unanswered(&json);
+    let resent_before = counter(&json, "publish", "resent").unwrap_or(0);
+
+    bed.broker
+        .kill()
+        .unwrap_or_else(|e| panic!("SIGKILL mosquitto: {e}"));
+    // The new broker has no sessions: the agent stays frozen until a new subscriber is
+    // there, so that nothing it re-sends is missed by the cloud.
+    let agent_pid = nix::unistd::Pid::from_raw(bed.agent.pid() as i32);
+    nix::sys::signal::kill(agent_pid, Signal::SIGSTOP).expect("SIGSTOP the agent");
+    let restarted = bed.broker.start_again().map_err(|e| e.to_string());
+    let watch2 = restarted.and_then(|()| {
+        MqttWatch::start(
+            bed.broker.host(),
+            bed.broker.port(),
+            "cloud-watch-2",
+            &["rae/v1/#"],
+        )
+        .map_err(|e| e.to_string())
+    });
+    nix::sys::signal::kill(agent_pid, Signal::SIGCONT).expect("SIGCONT the agent");
+    let watch2 = watch2.unwrap_or_else(|e| panic!("starting the new broker: {e}"));
+
+    let first = &bed.watch;
+    let stream = bed.wait_delivered_to(
+        "every event at the subscribers of the old and the new broker, the outbox empty",
+        WAIT,
+        &devices,
+        4,
+        || {
+            let mut all = first.messages();
+            all.extend(watch2.messages());
+            all
+        },
+    );
+    for mac in &devices {
+        assert!(
+            stream
+                .sessions
+                .values()
+                .any(|s| s.record.mac == *mac && s.last_seq >= 4),
+            "device {mac}: all four changes arrived"
+        );
+    }
+    // The status the daemon writes every second catches up with the delivery.
+    let json = bed.wait_status(
+        &format!(
+            "publish.resent above {resent_before} (the {in_flight} rows in flight at the \
+             freeze sent again) and a reconnect counted"
+        ),
+        WAIT,
+        |json| {
+            counter(json, "publish", "resent").unwrap_or(0) > resent_before
+                && counter(json, "broker", "reconnects").unwrap_or(0) >= 1
+        },
+    );
+    let resent = counter(&json, "publish", "resent").unwrap_or(0);
+    println!(
+        "frozen with {in_flight} rows in flight; resent {resent}, duplicates at the subscriber {}",
+        stream.duplicates
+    );
+    bed.stop();
+}
+
+/// Runs `ip` with `args`; panics with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A second link to a DUT's namespace (a veth pair, `198.19.N.0/30` of the lab's slot `N`,
+/// which no lab uses), for a broker there: the test can cut it without a RST or FIN (a
+/// blackhole route on each side), while the lab bridge stays a path for the subscriber.
+struct UplinkPath {
+    ns: String,
+    host_link: String,
+    host_ip: Ipv4Addr,
+    broker_ip: Ipv4Addr,
+    cut: bool,
+}
+
+impl UplinkPath {
+    fn create(lab: &Lab, ns: &str) -> UplinkPath {
+        let n = u8::try_from(lab.slot()).unwrap_or_else(|_| panic!("slot {}", lab.slot()));
+        let host_link = format!("rlabup{n}a");
+        let ns_link = format!("rlabup{n}b");
+        let path = UplinkPath {
+            ns: ns.to_owned(),
+            host_link: host_link.clone(),
+            host_ip: Ipv4Addr::new(198, 19, n, 1),
+            broker_ip: Ipv4Addr::new(198, 19, n, 2),
+            cut: false,
+        };
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
+        ]);
+        ip(&["link", "set", &ns_link, "netns", ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", path.host_ip),
+            "dev",
+            &host_link,
+        ]);
+        ip(&["link", "set", &host_link, "up"]);
+        let broker_cidr = format!("{}/30", path.broker_ip);
+        ip(&["-n", ns, "addr", "add", &broker_cidr, "dev", &ns_link]);
+        ip(&["-n", ns, "link", "set", &ns_link, "up"]);
+        path
+    }
+
+    /// Both directions dropped silently: the TCP connection goes half-open.
+    fn cut(&mut self) {
+        ip(&[
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.broker_ip),
+        ]);
+        let host = format!("{}/32", self.host_ip);
+        ip(&["-n", &self.ns, "route", "add", "blackhole", &host]);
+        self.cut = true;
+    }
+
+    fn restore(&mut self) {
+        if !std::mem::take(&mut self.cut) {
+            return;
+        }
+        ip(&[
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.broker_ip),
+        ]);
+        let host = format!("{}/32", self.host_ip);
+        ip(&["-n", &self.ns, "route", "del", "blackhole", &host]);
+    }
+}
+
+impl Drop for UplinkPath {
+    fn drop(&mut self) {
+        // The host's blackhole route is not tied to the link: it must go even on a panic.
+        if self.cut {
+            let _ = std::process::Command::new("ip")
+                .args([
+                    "route",
+                    "del",
+                    "blackhole",
+                    &format!("{}/32", self.broker_ip),
+                ])
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
+    }
+}
+
+#[test]
+fn a_half_open_uplink_is_detected_within_two_keep_alives_and_nothing_is_lost() {
+    // AgentSpec's keep-alive (rumqttc's minimum).
+    const KEEP_ALIVE: Duration = Duration::from_secs(5);
+    // raectl sees the daemon's status once a second; a second more for the reading itself.
+    const MARGIN: Duration = Duration::from_secs(2);
+    let lab = Lab::start(LabConfig::default()).unwrap_or_else(|e| panic!("starting the lab: {e}"));
+    let broker_lan_ip = lab.net().host_v4(90);
+    let broker_dut = lab
+        .add_dut(DutSpec::new(
+            "mqtt-day",
+            DutKind::StaticV4 {
+                addr: broker_lan_ip,
+            },
+        ))
+        .unwrap_or_else(|e| panic!("adding the broker's DUT: {e}"));
+    let mut path = UplinkPath::create(&lab, broker_dut.ns_name());
+    let broker = Mosquitto::start_setup(
+        MosquittoOptions::default(),
+        BrokerSetup {
+            netns: Some((broker_dut.ns_name().to_owned(), path.broker_ip)),
+            ..BrokerSetup::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("starting mosquitto in {}: {e}", broker_dut.ns_name()));
+    // The subscriber reaches the broker over the lab bridge, which is not cut.
+    let watch_host = broker_lan_ip.to_string();
+    let mut bed = Bed::start_on(lab, broker, &watch_host, "LAB-RAE-HALFOPEN", |spec| {
+        // A small send buffer, so that the burst below fills it and rumqttc's writes block.
+        spec.mqtt_extra = "tcp_send_buffer_bytes = 2048".to_owned();
+    });
+    let (_dut, injector) = bed.injector("halfopen-day", 13);
+    let devices = macs(5, 20);
+    bed.announce(&injector, &devices, 0, 100);
+    bed.wait_delivered("the first Snapshots delivered", WAIT, &devices, 1);
+
+    bed.wait_status(
+        "the status to show the connection and the first rows acknowledged",
+        WAIT,
+        |json| {
+            json["status"]["broker"]["connected"] == "yes"
+                && counter(json, "publish", "acked").unwrap_or(0) >= 20
+        },
+    );
+    path.cut();
+    let cut_at = std::time::Instant::now();
+    for round in 1..6 {
+        bed.announce(&injector, &devices, round, 100);
+    }
+    let limit = KEEP_ALIVE * 2 + MARGIN;
+    let json = bed.wait_status(
+        &format!(
+            "the agent to notice the half-open uplink (broker.connected = no) within two \
+             keep-alives of {KEEP_ALIVE:?} plus {MARGIN:?} for the status to show it"
+        ),
+        limit,
+        |json| json["status"]["broker"]["connected"] == "no",
+    );
+    let noticed = cut_at.elapsed();
+    let in_flight = unanswered(&json);
+    eprintln!("noticed after {noticed:?}: {}", summary(&json));
+    path.restore();
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(bed.broker.log_path()).unwrap_or_default()
+    );
+
+    let stream = bed.wait_delivered(
+        "every event delivered after the path returned, the outbox empty",
+        RETRY_WAIT,
+        &devices,
+        6,
+    );
+    for mac in &devices {
+        assert!(
+            stream
+                .sessions
+                .values()
+                .any(|s| s.record.mac == *mac && s.last_seq >= 6),
+            "device {mac}: all six changes arrived"
+        );
+    }
+    let json = bed.wait_status(
+        "publish.resent > 0: the rows in flight at the cut were sent again",
+        WAIT,
+        |json| counter(json, "publish", "resent").unwrap_or(0) > 0,
+    );
+    println!(
+        "half-open noticed after {noticed:?} with {in_flight} rows unanswered; {}",
+        summary(&json)
     );
     bed.stop();
 }

@@ -46,8 +46,10 @@ pub struct PublisherSettings {
     pub host: String,
     pub port: u16,
     pub client_id: String,
-    /// At least 5 s (rumqttc's minimum).
+    /// At least 5 s (rumqttc's minimum). A broker silent for twice this is a dead link.
     pub keep_alive: Duration,
+    /// SO_SNDBUF of the connection; `None`: the kernel's default.
+    pub tcp_send_buffer: Option<u32>,
     pub inventory_interval: Duration,
     /// Outbox rows published and not yet acknowledged, at most (the broker may allow fewer).
     pub max_in_flight: u16,
@@ -150,6 +152,7 @@ impl PublisherSettings {
             port: config.mqtt.port,
             client_id: config.client_id().to_owned(),
             keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
+            tcp_send_buffer: config.mqtt.tcp_send_buffer_bytes,
             inventory_interval: Duration::from_secs(config.publish.inventory_interval_secs),
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
             backoff_min: Self::DEFAULT_BACKOFF_MIN,
@@ -224,6 +227,9 @@ pub struct PublisherStatus {
     pub waited_for_session: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Connections dropped because the broker sent nothing for two keep-alive periods
+    /// (a half-open link: no RST, no FIN, the writes may block in a full send buffer).
+    pub unresponsive: u64,
     /// Outbox rows dropped because their PUBLISH exceeds the broker's Maximum Packet Size
     /// (the subscriber sees a gap at their seq).
     pub oversize: u64,
@@ -264,6 +270,7 @@ impl PublisherStatus {
                 self.oversize_inventories.to_string(),
             ),
             ("broker.reconnects", self.reconnects.to_string()),
+            ("broker.unresponsive", self.unresponsive.to_string()),
             ("publish.restarts", self.restarts.to_string()),
             ("publish.inventories", self.inventories.to_string()),
         ];
@@ -431,6 +438,7 @@ mod tests {
                 "publish.oversize",
                 "publish.oversize_inventories",
                 "broker.reconnects",
+                "broker.unresponsive",
                 "publish.restarts",
                 "publish.inventories",
             ]

@@ -102,6 +102,11 @@ pub(super) async fn run_after(
         .set_clean_start(true)
         .set_outgoing_inflight_upper_limit(settings.max_in_flight)
         .set_last_will(last_will()?);
+    if let Some(bytes) = settings.tcp_send_buffer {
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_send_buffer_size(bytes);
+        options.set_network_options(network);
+    }
     if let Some(credentials) = &settings.credentials {
         options.set_credentials(&credentials.user, &credentials.password);
     }
@@ -109,11 +114,16 @@ pub(super) async fn run_after(
     // queueing a request never waits (see `Publisher::fill`).
     let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
-    let driver = drive(eventloop, events_tx, move || last_will().ok());
+    let (stall_tx, stall) = mpsc::channel(1);
+    let driver = drive(eventloop, events_tx, stall, move || last_will().ok());
+    let connection = Connection {
+        client,
+        stall: stall_tx,
+    };
     let publisher = Publisher::new(
         settings,
         store,
-        client,
+        connection,
         inventory,
         status,
         status_topic,
@@ -178,6 +188,13 @@ impl Kind {
     }
 }
 
+/// The publisher's two ways to act on the connection: requests through rumqttc's client, and
+/// the watchdog's word to the driver.
+struct Connection {
+    client: AsyncClient,
+    stall: mpsc::Sender<Duration>,
+}
+
 struct Publisher {
     settings: PublisherSettings,
     store: StoreHandle,
@@ -218,6 +235,14 @@ struct Publisher {
     next_inventory: Instant,
     /// The event stream stopped matching the bookkeeping; wait for the reconnect.
     desynced: bool,
+    /// When the broker last sent a packet on this connection (or it was made).
+    last_heard: Instant,
+    /// Ours, or the broker's Server Keep Alive when it set one (rumqttc pings at that).
+    keep_alive: Duration,
+    /// Asks the driver to drop a connection the broker has gone silent on.
+    stall: mpsc::Sender<Duration>,
+    /// The stall of this connection was reported; wait for the driver's `Lost`.
+    stalled: bool,
     stopping: bool,
 }
 
@@ -225,12 +250,13 @@ impl Publisher {
     fn new(
         settings: PublisherSettings,
         store: StoreHandle,
-        client: AsyncClient,
+        connection: Connection,
         inventory: watch::Receiver<Vec<SessionSeq>>,
         status_tx: watch::Sender<PublisherStatus>,
         status_topic: String,
         sent: Arc<SentRows>,
     ) -> Publisher {
+        let Connection { client, stall } = connection;
         let inventory_topic = Topic::inventory(settings.serial.clone()).to_string();
         let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
@@ -274,6 +300,11 @@ impl Publisher {
             acks: Vec::new(),
             next_inventory: Instant::now(),
             desynced: false,
+            last_heard: Instant::now(),
+            // Set by every CONNACK; the watchdog runs only while connected.
+            keep_alive: Duration::ZERO,
+            stall,
+            stalled: false,
             stopping: false,
         }
     }
@@ -318,6 +349,8 @@ impl Publisher {
                 Pause::None | Pause::Rewind => None,
             };
             let up = self.is_up();
+            let silent_until = self.last_heard + self.silence_limit();
+            let watch_silence = up && !self.stalled;
             tokio::select! {
                 changed = shutdown.changed() => {
                     // Nobody left to ask for a shutdown: the daemon is going away.
@@ -348,6 +381,7 @@ impl Publisher {
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.pause = Pause::Rewind;
                 }
+                () = sleep_until(silent_until), if watch_silence => self.silent(),
             }
         }
         Ok(())
@@ -375,6 +409,9 @@ impl Publisher {
                 return Ok(());
             }
         };
+        if matches!(event, Event::Incoming(_)) {
+            self.last_heard = Instant::now();
+        }
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => self.connected(&ack)?,
             Event::Incoming(Packet::PubAck(ack)) => self.puback(&ack),
@@ -415,6 +452,14 @@ impl Publisher {
             .as_ref()
             .and_then(|p| p.max_packet_size)
             .and_then(|max| usize::try_from(max).ok());
+        self.stalled = false;
+        self.keep_alive = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.server_keep_alive)
+            .map_or(self.settings.keep_alive, |secs| {
+                Duration::from_secs(u64::from(secs))
+            });
         // A clean start: every unacknowledged row goes out again, from the oldest.
         self.forget_in_flight();
         self.desynced = false;
@@ -505,6 +550,29 @@ impl Publisher {
         }
     }
 
+    /// How long the broker may stay silent before the connection counts as dead. rumqttc
+    /// pings every keep-alive, and the broker answers, so a live link is never silent for two;
+    /// the watchdog does not depend on rumqttc's own ping timer, which cannot fire while a
+    /// write into a full send buffer blocks its event loop (a half-open link).
+    fn silence_limit(&self) -> Duration {
+        self.keep_alive * 2
+    }
+
+    /// The broker sent nothing for [`Publisher::silence_limit`]: the driver drops the
+    /// connection, the unacknowledged rows go out again on the next one.
+    fn silent(&mut self) {
+        let silent = self.last_heard.elapsed();
+        self.stalled = true;
+        self.status.unresponsive += 1;
+        tracing::warn!(
+            silent = ?silent,
+            rows_in_flight = self.flight.rows(),
+            "the MQTT broker has sent nothing for two keep-alive periods; dropping the connection"
+        );
+        // Full only if a request is pending already, which does the same.
+        let _ = self.stall.try_send(silent);
+    }
+
     fn check_flight(&mut self, result: Result<(), FlightError>) {
         let Err(error) = result else { return };
         if self.desynced {
@@ -542,6 +610,7 @@ impl Publisher {
         self.status.last_error = Some(cause);
         self.forget_in_flight();
         self.desynced = false;
+        self.stalled = false;
         if self.stopping {
             // Dropping `resume` ends the driver.
             return;

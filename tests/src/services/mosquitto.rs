@@ -96,8 +96,9 @@ pub struct BrokerSetup {
     pub anonymous_acl: Option<Acl>,
     /// Further lines of `mosquitto.conf`, e.g. `max_packet_size 1024`.
     pub extra_config: String,
-    /// Run inside this network namespace (one the test created), listening on this address
-    /// instead of loopback, so that the test can cut the path to it.
+    /// Run inside this network namespace (one the test created), listening on every address
+    /// there; clients are pointed at the address given (and the readiness probe uses it), so
+    /// that a test can cut one path to the broker and keep another.
     pub netns: Option<(String, Ipv4Addr)>,
 }
 
@@ -265,11 +266,14 @@ fn write_config(
     user: &ServiceUser,
 ) -> Result<(), ServiceError> {
     user.own(dir)?;
-    let ip = listen_ip(setup);
+    let listener = match setup.netns {
+        Some(_) => format!("listener {port}"),
+        None => format!("listener {port} {}", Ipv4Addr::LOCALHOST),
+    };
     // Log to stderr, which goes to mosquitto.log: start-up errors (a taken port) land
     // there too, before the broker has read its own log settings.
     let mut config = format!(
-        "listener {port} {ip}\n\
+        "{listener}\n\
          log_dest stderr\n\
          log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
          connection_messages true\n\
