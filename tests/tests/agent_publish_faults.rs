@@ -653,7 +653,11 @@ fn a_half_open_uplink_is_detected_within_two_keep_alives_and_nothing_is_lost() {
     );
     path.cut();
     let cut_at = std::time::Instant::now();
-    for round in 1..6 {
+    // New devices (Snapshots, the largest rows) fill the pipeline (32 in flight) and the
+    // small send buffer behind it; the known devices change on top.
+    let newcomers = macs(6, 60);
+    bed.announce(&injector, &newcomers, 0, 130);
+    for round in 1..3 {
         bed.announce(&injector, &devices, round, 100);
     }
     let limit = KEEP_ALIVE * 2 + MARGIN;
@@ -667,26 +671,18 @@ fn a_half_open_uplink_is_detected_within_two_keep_alives_and_nothing_is_lost() {
     );
     let noticed = cut_at.elapsed();
     let in_flight = unanswered(&json);
-    eprintln!("noticed after {noticed:?}: {}", summary(&json));
     path.restore();
-    eprintln!(
-        "{}",
-        std::fs::read_to_string(bed.broker.log_path()).unwrap_or_default()
-    );
 
     let stream = bed.wait_delivered(
         "every event delivered after the path returned, the outbox empty",
         RETRY_WAIT,
         &devices,
-        6,
+        3,
     );
-    for mac in &devices {
+    for mac in &newcomers {
         assert!(
-            stream
-                .sessions
-                .values()
-                .any(|s| s.record.mac == *mac && s.last_seq >= 6),
-            "device {mac}: all six changes arrived"
+            stream.sessions.values().any(|s| s.record.mac == *mac),
+            "device {mac}, announced during the cut, arrived"
         );
     }
     let json = bed.wait_status(

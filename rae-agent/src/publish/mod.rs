@@ -14,8 +14,12 @@
 //!   `offline` as the Last Will and on shutdown, the inventory after every connect and every [`PublisherSettings::inventory_interval`].
 //! - [`supervise`] (`supervise.rs`): restarts [`run`] with backoff after an error or a panic
 //!   (counted in `publish.restarts`); errors a restart cannot cure end it, and the daemon.
-//! - `driver.rs`: the loop that polls rumqttc's event loop; `flight.rs`: maps PUBACKs back to
-//!   outbox rows; `backoff.rs`: exponential backoff with jitter.
+//! - `driver.rs`: the loop that polls rumqttc's event loop (and drops the connection when
+//!   the publisher's watchdog finds the broker silent for two keep-alives, counted in
+//!   `broker.unresponsive`: a half-open link whose writes block rumqttc's own ping timer);
+//!   `flight.rs`: maps PUBACKs back to outbox rows; `gate.rs`: one unacknowledged row per
+//!   session; `packet.rs`: packet sizes, reason codes, rows sent before; `backoff.rs`:
+//!   exponential backoff with jitter.
 //!
 //! Limitations: no TLS in this build (rumqttc is built without a TLS stack), so a configured
 //! `[mqtt.tls]` is an error, not ignored. Every connection is a clean start: the outbox, not
@@ -25,6 +29,7 @@ mod backoff;
 mod driver;
 mod flight;
 mod gate;
+mod packet;
 mod publisher;
 mod supervise;
 

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::publisher::{run_after, SentRows};
+use super::packet::SentRows;
+use super::publisher::run_after;
 use super::{PublishError, PublisherSettings, PublisherStatus};
 use crate::store::{StoreError, StoreHandle};
 
