@@ -1,6 +1,7 @@
 //! The real `rae-agent` binary against a real mosquitto that misbehaves: a broker whose ACL
 //! refuses device events (then is fixed and reloaded), a broker whose Maximum Packet Size is
-//! below a Snapshot, a broker frozen with rows in flight and then replaced. The subscriber
+//! below a Snapshot, a broker frozen with rows in flight and then replaced, a broker in a
+//! namespace whose path from the agent is cut without a RST (half-open). The subscriber
 //! checks what a QoS 1 consumer may rely on (`Stream::check`: no gap, no reorder, duplicates
 //! only byte-identical) and the folded state against `raectl devices --all --json`; each
 //! test asserts the counter of the mechanism it aims at.
