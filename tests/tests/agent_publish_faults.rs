@@ -294,17 +294,15 @@ fn refused_rows_wait_in_the_outbox_and_are_not_overtaken_once_the_acl_is_fixed()
             "device {mac} and its four changes reached the subscriber"
         );
     }
-    let json = status(&bed.spec).unwrap_or_else(|e| panic!("{e}"));
-    let waited = counter(&json, "publish", "waited_for_session").unwrap_or(0);
-    assert!(
-        waited > 0,
-        "rows of a session with a row in flight were held back (publish.waited_for_session): {}",
-        summary(&json)
-    );
-    assert!(
-        counter(&json, "publish", "resent").unwrap_or(0) > 0,
-        "the refused rows were sent again: {}",
-        summary(&json)
+    // The status the daemon writes every second catches up with the delivery.
+    bed.wait_status(
+        "publish.waited_for_session > 0 (rows held back behind their session's row in flight) \
+         and publish.resent > 0 (the refused rows sent again)",
+        WAIT,
+        |json| {
+            counter(json, "publish", "waited_for_session").unwrap_or(0) > 0
+                && counter(json, "publish", "resent").unwrap_or(0) > 0
+        },
     );
     bed.stop();
 }
