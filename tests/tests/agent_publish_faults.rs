@@ -532,8 +532,10 @@ struct UplinkPath {
 impl UplinkPath {
     fn create(lab: &Lab, ns: &str) -> UplinkPath {
         let n = u8::try_from(lab.slot()).unwrap_or_else(|_| panic!("slot {}", lab.slot()));
-        let host_link = format!("rlabup{n}a");
-        let ns_link = format!("rlabup{n}b");
+        // `rlab<slot>...`: guarded by the lab's slot lock, so another run's sweep of
+        // leftovers leaves it alone (a slot-less `rlab` name would be swept mid-test).
+        let host_link = format!("rlab{n}upa");
+        let ns_link = format!("rlab{n}upb");
         let path = UplinkPath {
             ns: ns.to_owned(),
             host_link: host_link.clone(),
@@ -541,6 +543,16 @@ impl UplinkPath {
             broker_ip: Ipv4Addr::new(198, 19, n, 2),
             cut: false,
         };
+        // Should the link vanish, nothing to these addresses may take the default route off
+        // the machine: a fallback that drops them.
+        ip(&[
+            "route",
+            "add",
+            "unreachable",
+            &path.subnet(),
+            "metric",
+            "4000",
+        ]);
         ip(&[
             "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
         ]);
@@ -557,6 +569,11 @@ impl UplinkPath {
         ip(&["-n", ns, "addr", "add", &broker_cidr, "dev", &ns_link]);
         ip(&["-n", ns, "link", "set", &ns_link, "up"]);
         path
+    }
+
+    fn subnet(&self) -> String {
+        let [a, b, c, _] = self.host_ip.octets();
+        format!("{a}.{b}.{c}.0/30")
     }
 
     /// Both directions dropped silently: the TCP connection goes half-open.
@@ -602,6 +619,17 @@ impl Drop for UplinkPath {
         }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.host_link])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args([
+                "route",
+                "del",
+                "unreachable",
+                &self.subnet(),
+                "metric",
+                "4000",
+            ])
             .status();
     }
 }
