@@ -61,6 +61,11 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
+    /// The socket's send buffer (SO_SNDBUF; the kernel doubles it), bytes; unset: the
+    /// kernel's default and autotuning. A small one bounds what waits in the kernel on a slow
+    /// uplink. The broker going silent is detected either way (two keep-alive periods).
+    #[serde(default)]
+    pub tcp_send_buffer_bytes: Option<u32>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -331,6 +336,10 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Bounds of `mqtt.tcp_send_buffer_bytes`: below a few packets the link crawls.
+    pub const MIN_SEND_BUFFER: u32 = 2048;
+    pub const MAX_SEND_BUFFER: u32 = 16 << 20;
+
     /// Reads, parses, applies the overrides and validates.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -434,6 +443,18 @@ impl Config {
                 "mqtt.keep_alive_secs",
                 format!("{} is below the minimum of 5", self.mqtt.keep_alive_secs),
             );
+        }
+        if let Some(bytes) = self.mqtt.tcp_send_buffer_bytes {
+            if !(Self::MIN_SEND_BUFFER..=Self::MAX_SEND_BUFFER).contains(&bytes) {
+                return invalid(
+                    "mqtt.tcp_send_buffer_bytes",
+                    format!(
+                        "{bytes} is outside {}..={}",
+                        Self::MIN_SEND_BUFFER,
+                        Self::MAX_SEND_BUFFER
+                    ),
+                );
+            }
         }
         let r = &self.registry;
         if r.probe_interval_secs == 0 {
@@ -547,6 +568,7 @@ impl Config {
                 port: default_mqtt_port(),
                 client_id: None,
                 keep_alive_secs: default_keep_alive_secs(),
+                tcp_send_buffer_bytes: None,
                 tls: None,
             },
             registry: RegistryConfig::default(),

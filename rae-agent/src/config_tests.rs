@@ -210,3 +210,19 @@ fn a_probe_budget_below_what_the_session_cap_needs_is_said() {
         "--check-config says it"
     );
 }
+
+#[test]
+fn a_send_buffer_out_of_range_is_refused() {
+    let with = |bytes: u32| {
+        MINIMAL.replace(
+            "[mqtt]",
+            &format!("[mqtt]\ntcp_send_buffer_bytes = {bytes}"),
+        )
+    };
+    let config = parse_valid(&with(8192)).expect("8 KiB is valid");
+    assert_eq!(config.mqtt.tcp_send_buffer_bytes, Some(8192));
+    expect_invalid(&with(100), "mqtt.tcp_send_buffer_bytes");
+    expect_invalid(&with(64 << 20), "mqtt.tcp_send_buffer_bytes");
+    let text = MINIMAL.replace("[mqtt]", "[mqtt]\ntcp_send_buffer_bytes = \"big\"");
+    assert!(Config::parse(&text).is_err(), "not a number");
+}

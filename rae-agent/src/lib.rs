@@ -20,8 +20,11 @@
 //!   holds for every session (closed sessions the cloud never heard of vanish whole, counted);
 //!   below a free-disk floor it drops to `disk.low_outbox_max_bytes`.
 //! - [`publish`]: the only owner of the MQTT connection: drains the outbox at QoS 1, deleting a
-//!   row only after its PUBACK; retained status with a Last Will; the inventory. A supervisor
-//!   restarts it with backoff when it fails (counted) and stops the daemon when it cannot.
+//!   row only after its PUBACK, at most one unacknowledged row per session (so none overtakes
+//!   a refused or lost one), rows above the broker's Maximum Packet Size dropped and counted,
+//!   a broker silent for two keep-alives (half-open link) dropped and reconnected; retained
+//!   status with a Last Will; the inventory. A supervisor restarts it with backoff when it
+//!   fails (counted) and stops the daemon when it cannot.
 //! - [`probe`]: liveness (unicast ARP requests and Neighbor Solicitations, rate-limited in
 //!   total), DNS-SD queries on the LAN port only (answers come back through the capture), and
 //!   SSDP search with UPnP description and DIAL application fetches.

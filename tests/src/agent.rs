@@ -23,6 +23,8 @@ pub struct AgentSpec {
     pub state_dir: PathBuf,
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// More lines for the `[mqtt]` table (e.g. `tcp_send_buffer_bytes = 4096`).
+    pub mqtt_extra: String,
     pub probe_interval_secs: u64,
     pub offline_after_misses: u32,
     pub gone_after_secs: u64,
@@ -58,6 +60,7 @@ impl AgentSpec {
             state_dir: state_dir.to_path_buf(),
             mqtt_host: mqtt_host.to_owned(),
             mqtt_port,
+            mqtt_extra: String::new(),
             probe_interval_secs: 1,
             offline_after_misses: 3,
             gone_after_secs: 20,
@@ -89,7 +92,7 @@ impl AgentSpec {
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
              control_socket = {:?}\nstatus_interval_secs = {}\n\
-             [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n\
+             [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n{}\n\
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
              [probe]\nssdp = {}\nssdp_search_interval_secs = {}\nmdns = {}\nmdns_query_interval_secs = {}\n{}\
@@ -101,6 +104,7 @@ impl AgentSpec {
             self.status_interval_secs,
             self.mqtt_host,
             self.mqtt_port,
+            self.mqtt_extra,
             self.probe_interval_secs,
             self.offline_after_misses,
             self.gone_after_secs,

@@ -12,7 +12,13 @@
 //! parked publish is never re-sent on a clean start, yet it blocks every new request, so the
 //! client would reconnect on `CollisionTimeout` forever; a `last_pkid` at or above a smaller
 //! Receive Maximum of the next broker breaks it the same way.
+//!
+//! The one exception to "never cancelled": the publisher's watchdog ([`Stall`]) found the
+//! broker silent for too long. A write into a full send buffer blocks inside `poll` (and with
+//! it rumqttc's own keep-alive timer), so the poll is dropped, and the connection and session
+//! with it; that is safe because the whole session is forgotten, as after any lost connection.
 
+use std::io;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
@@ -31,15 +37,32 @@ pub enum DriverEvent {
     },
 }
 
+/// The publisher's word that the broker has been silent too long: the driver drops the
+/// connection (see the module documentation). Holds at most one request.
+pub type Stall = mpsc::Receiver<Duration>;
+
 /// Polls until the publisher goes away. `will` makes a fresh Last Will before each reconnect
 /// (its timestamp is that of the connect that registers it).
 pub async fn drive(
     mut eventloop: EventLoop,
     events: mpsc::Sender<DriverEvent>,
+    mut stall: Stall,
     will: impl Fn() -> Option<LastWill>,
 ) {
     loop {
-        match eventloop.poll().await {
+        let polled = tokio::select! {
+            biased;
+            silent = stall.recv() => match silent {
+                Some(silent) => Err(ConnectionError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the broker sent nothing for {silent:?} (half-open connection?)"),
+                ))),
+                // The publisher is gone.
+                None => return,
+            },
+            polled = eventloop.poll() => polled,
+        };
+        match polled {
             Ok(event) => {
                 if events
                     .send(DriverEvent::Mqtt(Box::new(event)))
@@ -62,6 +85,8 @@ pub async fn drive(
                     return;
                 };
                 forget_session(&mut eventloop);
+                // A request about the connection just dropped is stale.
+                while stall.try_recv().is_ok() {}
                 if let Some(will) = will() {
                     eventloop.options.set_last_will(will);
                 }

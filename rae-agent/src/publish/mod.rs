@@ -3,15 +3,23 @@
 //!
 //! Parts:
 //! - [`run`] (`publisher.rs`): the publisher task. Rows leave in outbox order, at most
-//!   [`PublisherSettings::max_in_flight`] unacknowledged; a row is deleted only after a PUBACK
-//!   with a success reason code. A refused row (e.g. 0x87, not authorized) stays and is retried
-//!   after a backoff; after a reconnect every unacknowledged row is sent again. Retained
-//!   `online` after every CONNACK, retained `offline` as the Last Will and on shutdown, the
-//!   inventory after every connect and every [`PublisherSettings::inventory_interval`].
+//!   [`PublisherSettings::max_in_flight`] unacknowledged and at most one per session (`gate.rs`:
+//!   the rows behind it wait, bounded, so no row overtakes an earlier one of its session when
+//!   that one is refused or lost); a row is deleted only after a PUBACK
+//!   with a success reason code. A row whose PUBLISH exceeds the broker's Maximum Packet
+//!   Size (CONNACK) is not sent but dropped from the outbox and counted (`publish.oversize`),
+//!   so that it cannot drop the connection and block the rows behind it. A refused row
+//!   (e.g. 0x87, not authorized) stays and is retried after a backoff; after a reconnect
+//!   every unacknowledged row is sent again. Retained `online` after every CONNACK, retained
+//!   `offline` as the Last Will and on shutdown, the inventory after every connect and every [`PublisherSettings::inventory_interval`].
 //! - [`supervise`] (`supervise.rs`): restarts [`run`] with backoff after an error or a panic
 //!   (counted in `publish.restarts`); errors a restart cannot cure end it, and the daemon.
-//! - `driver.rs`: the loop that polls rumqttc's event loop; `flight.rs`: maps PUBACKs back to
-//!   outbox rows; `backoff.rs`: exponential backoff with jitter.
+//! - `driver.rs`: the loop that polls rumqttc's event loop (and drops the connection when
+//!   the publisher's watchdog finds the broker silent for two keep-alives, counted in
+//!   `broker.unresponsive`: a half-open link whose writes block rumqttc's own ping timer);
+//!   `flight.rs`: maps PUBACKs back to outbox rows; `gate.rs`: one unacknowledged row per
+//!   session; `packet.rs`: packet sizes, reason codes, rows sent before; `backoff.rs`:
+//!   exponential backoff with jitter.
 //!
 //! Limitations: no TLS in this build (rumqttc is built without a TLS stack), so a configured
 //! `[mqtt.tls]` is an error, not ignored. Every connection is a clean start: the outbox, not
@@ -20,6 +28,8 @@
 mod backoff;
 mod driver;
 mod flight;
+mod gate;
+mod packet;
 mod publisher;
 mod supervise;
 
@@ -41,8 +51,10 @@ pub struct PublisherSettings {
     pub host: String,
     pub port: u16,
     pub client_id: String,
-    /// At least 5 s (rumqttc's minimum).
+    /// At least 5 s (rumqttc's minimum). A broker silent for twice this is a dead link.
     pub keep_alive: Duration,
+    /// SO_SNDBUF of the connection; `None`: the kernel's default.
+    pub tcp_send_buffer: Option<u32>,
     pub inventory_interval: Duration,
     /// Outbox rows published and not yet acknowledged, at most (the broker may allow fewer).
     pub max_in_flight: u16,
@@ -145,6 +157,7 @@ impl PublisherSettings {
             port: config.mqtt.port,
             client_id: config.client_id().to_owned(),
             keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
+            tcp_send_buffer: config.mqtt.tcp_send_buffer_bytes,
             inventory_interval: Duration::from_secs(config.publish.inventory_interval_secs),
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
             backoff_min: Self::DEFAULT_BACKOFF_MIN,
@@ -214,8 +227,19 @@ pub struct PublisherStatus {
     pub refused: u64,
     /// Rows published again: after a reconnect or a refusal.
     pub resent: u64,
+    /// Rows that waited for the acknowledgement of their session's previous row before
+    /// going out (at most one row per session is in flight, so that none overtakes another).
+    pub waited_for_session: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Connections dropped because the broker sent nothing for two keep-alive periods
+    /// (a half-open link: no RST, no FIN, the writes may block in a full send buffer).
+    pub unresponsive: u64,
+    /// Outbox rows dropped because their PUBLISH exceeds the broker's Maximum Packet Size
+    /// (the subscriber sees a gap at their seq).
+    pub oversize: u64,
+    /// Inventories not sent because they exceed the broker's Maximum Packet Size.
+    pub oversize_inventories: u64,
     /// Times the publisher was restarted after an error or a panic.
     pub restarts: u64,
     /// Inventories the broker acknowledged.
@@ -241,7 +265,17 @@ impl PublisherStatus {
             ("publish.no_subscribers", self.no_subscribers.to_string()),
             ("publish.refused", self.refused.to_string()),
             ("publish.resent", self.resent.to_string()),
+            (
+                "publish.waited_for_session",
+                self.waited_for_session.to_string(),
+            ),
+            ("publish.oversize", self.oversize.to_string()),
+            (
+                "publish.oversize_inventories",
+                self.oversize_inventories.to_string(),
+            ),
             ("broker.reconnects", self.reconnects.to_string()),
+            ("broker.unresponsive", self.unresponsive.to_string()),
             ("publish.restarts", self.restarts.to_string()),
             ("publish.inventories", self.inventories.to_string()),
         ];
@@ -405,7 +439,11 @@ mod tests {
                 "publish.no_subscribers",
                 "publish.refused",
                 "publish.resent",
+                "publish.waited_for_session",
+                "publish.oversize",
+                "publish.oversize_inventories",
                 "broker.reconnects",
+                "broker.unresponsive",
                 "publish.restarts",
                 "publish.inventories",
             ]

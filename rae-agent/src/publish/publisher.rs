@@ -1,10 +1,10 @@
 //! The publisher task: outbox drain, retained status, inventory, reconnects and shutdown.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rae_proto::{AgentState, Inventory, SessionSeq, Status, Topic};
+use rae_proto::{AgentState, Inventory, SessionId, SessionSeq, Status, Topic};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, LastWill, Packet, PubAck, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
@@ -15,8 +15,10 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use super::backoff::Backoff;
 use super::driver::{drive, DriverEvent};
 use super::flight::{Flight, FlightError, Item};
+use super::gate::SessionGate;
+use super::packet::{publish_packet_size, reason_code, Kind, SentRows};
 use super::{FaultKind, PublishError, PublisherSettings, PublisherStatus};
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{OutboxRow, StoreError, StoreHandle};
 
 /// How long a shutdown waits for the PUBACKs of what is in flight and of the `offline` status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -25,6 +27,8 @@ const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 /// Acks gathered into one store transaction at most (they are gathered while events are ready).
 const ACK_BATCH: usize = 256;
 const EVENT_CHANNEL: usize = 64;
+/// Rows held back behind their session's unacknowledged row, per row allowed in flight.
+const GATE_ROWS_PER_IN_FLIGHT: usize = 4;
 
 /// Runs the publisher until `shutdown` becomes true (or its sender is dropped); see the module
 /// documentation. Returns an error for settings it cannot run with (TLS included) and when
@@ -36,19 +40,19 @@ pub async fn run(
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), PublishError> {
-    let sent_through = Arc::new(AtomicI64::new(0));
-    run_after(settings, store, inventory, status, shutdown, sent_through).await
+    let sent = Arc::new(SentRows::default());
+    run_after(settings, store, inventory, status, shutdown, sent).await
 }
 
-/// [`run`], after an earlier run that queued rows up to `sent_through` (which this run keeps
-/// up to date), so that the rows it sends again count as `resent`.
+/// [`run`], after an earlier run that published the unacknowledged rows in `sent` (which this
+/// run keeps up to date), so that the rows it sends again count as `resent`.
 pub(super) async fn run_after(
     settings: PublisherSettings,
     store: StoreHandle,
     inventory: watch::Receiver<Vec<SessionSeq>>,
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
-    sent_through: Arc<AtomicI64>,
+    sent: Arc<SentRows>,
 ) -> Result<(), PublishError> {
     settings.check()?;
     let status_topic = Topic::status(settings.serial.clone()).to_string();
@@ -66,6 +70,11 @@ pub(super) async fn run_after(
         .set_clean_start(true)
         .set_outgoing_inflight_upper_limit(settings.max_in_flight)
         .set_last_will(last_will()?);
+    if let Some(bytes) = settings.tcp_send_buffer {
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_send_buffer_size(bytes);
+        options.set_network_options(network);
+    }
     if let Some(credentials) = &settings.credentials {
         options.set_credentials(&credentials.user, &credentials.password);
     }
@@ -73,10 +82,21 @@ pub(super) async fn run_after(
     // queueing a request never waits (see `Publisher::fill`).
     let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
-    let driver = drive(eventloop, events_tx, move || last_will().ok());
-    let mut publisher = Publisher::new(settings, store, client, inventory, status, status_topic);
-    publisher.sent_through = sent_through.load(Ordering::Relaxed);
-    publisher.shared_sent_through = Some(sent_through);
+    let (stall_tx, stall) = mpsc::channel(1);
+    let driver = drive(eventloop, events_tx, stall, move || last_will().ok());
+    let connection = Connection {
+        client,
+        stall: stall_tx,
+    };
+    let publisher = Publisher::new(
+        settings,
+        store,
+        connection,
+        inventory,
+        status,
+        status_topic,
+        sent,
+    );
     let main = publisher.run(events, shutdown);
     tokio::pin!(driver, main);
     // Both run in this task, so dropping `run` drops the connection with it (the broker then
@@ -110,30 +130,11 @@ enum Pause {
     Rewind,
 }
 
-/// Topic kinds, for logging refusals once per kind and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Devices = 0,
-    Status = 1,
-    Inventory = 2,
-}
-
-impl Kind {
-    fn of(item: Item) -> Kind {
-        match item {
-            Item::Row(_) => Kind::Devices,
-            Item::Status(_) => Kind::Status,
-            Item::Inventory => Kind::Inventory,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Devices => "devices",
-            Kind::Status => "status",
-            Kind::Inventory => "inventory",
-        }
-    }
+/// The publisher's two ways to act on the connection: requests through rumqttc's client, and
+/// the watchdog's word to the driver.
+struct Connection {
+    client: AsyncClient,
+    stall: mpsc::Sender<Duration>,
 }
 
 struct Publisher {
@@ -147,12 +148,15 @@ struct Publisher {
     inventory_topic: String,
     flight: Flight,
     link: Link,
-    /// The highest row id queued on this connection; the next peek starts after it.
+    /// The highest row id peeked on this connection (queued or held in `gate`); the next
+    /// peek starts after it.
     cursor: i64,
-    /// The highest row id ever queued; a row at or below it is a re-send.
-    sent_through: i64,
-    /// Where `sent_through` survives a restart of the publisher.
-    shared_sent_through: Option<Arc<AtomicI64>>,
+    /// One unacknowledged row per session; the rows behind it wait here.
+    gate: SessionGate<SessionId, OutboxRow>,
+    /// The session of each row in flight, to release its next row when it is acknowledged.
+    row_sessions: HashMap<i64, SessionId>,
+    /// Rows published and unacknowledged, shared with the publisher's next run.
+    sent: Arc<SentRows>,
     /// The outbox may hold rows after `cursor`.
     outbox_more: bool,
     /// Rows in flight at most: ours, or the broker's Receive Maximum if lower.
@@ -160,6 +164,10 @@ struct Publisher {
     pause: Pause,
     /// The last refusal logged, per [`Kind`].
     refusals: [Option<PubAckReason>; 3],
+    /// The broker's Maximum Packet Size (CONNACK), if it set one.
+    max_packet: Option<usize>,
+    /// An oversize publish was logged, per [`Kind`] (once per run).
+    oversize_logged: [bool; 3],
     /// The last device event was acked with 0x10 (no matching subscribers).
     unheard: bool,
     retry_backoff: Backoff,
@@ -169,6 +177,14 @@ struct Publisher {
     next_inventory: Instant,
     /// The event stream stopped matching the bookkeeping; wait for the reconnect.
     desynced: bool,
+    /// When the broker last sent a packet on this connection (or it was made).
+    last_heard: Instant,
+    /// Ours, or the broker's Server Keep Alive when it set one (rumqttc pings at that).
+    keep_alive: Duration,
+    /// Asks the driver to drop a connection the broker has gone silent on.
+    stall: mpsc::Sender<Duration>,
+    /// The stall of this connection was reported; wait for the driver's `Lost`.
+    stalled: bool,
     stopping: bool,
 }
 
@@ -176,15 +192,18 @@ impl Publisher {
     fn new(
         settings: PublisherSettings,
         store: StoreHandle,
-        client: AsyncClient,
+        connection: Connection,
         inventory: watch::Receiver<Vec<SessionSeq>>,
         status_tx: watch::Sender<PublisherStatus>,
         status_topic: String,
+        sent: Arc<SentRows>,
     ) -> Publisher {
+        let Connection { client, stall } = connection;
         let inventory_topic = Topic::inventory(settings.serial.clone()).to_string();
         let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let limit = usize::from(settings.max_in_flight);
+        let gate = SessionGate::new(limit * GATE_ROWS_PER_IN_FLIGHT);
         // A restarted publisher carries on the counters of the one before.
         let status = PublisherStatus {
             connected: false,
@@ -208,18 +227,26 @@ impl Publisher {
             flight: Flight::default(),
             link,
             cursor: 0,
-            sent_through: 0,
-            shared_sent_through: None,
+            gate,
+            row_sessions: HashMap::new(),
+            sent,
             outbox_more: true,
             limit,
             pause: Pause::None,
             refusals: [None; 3],
+            max_packet: None,
+            oversize_logged: [false; 3],
             unheard: false,
             retry_backoff,
             connect_backoff,
             acks: Vec::new(),
             next_inventory: Instant::now(),
             desynced: false,
+            last_heard: Instant::now(),
+            // Set by every CONNACK; the watchdog runs only while connected.
+            keep_alive: Duration::ZERO,
+            stall,
+            stalled: false,
             stopping: false,
         }
     }
@@ -264,6 +291,8 @@ impl Publisher {
                 Pause::None | Pause::Rewind => None,
             };
             let up = self.is_up();
+            let silent_until = self.last_heard + self.silence_limit();
+            let watch_silence = up && !self.stalled;
             tokio::select! {
                 changed = shutdown.changed() => {
                     // Nobody left to ask for a shutdown: the daemon is going away.
@@ -294,6 +323,7 @@ impl Publisher {
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.pause = Pause::Rewind;
                 }
+                () = sleep_until(silent_until), if watch_silence => self.silent(),
             }
         }
         Ok(())
@@ -321,6 +351,9 @@ impl Publisher {
                 return Ok(());
             }
         };
+        if matches!(event, Event::Incoming(_)) {
+            self.last_heard = Instant::now();
+        }
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => self.connected(&ack)?,
             Event::Incoming(Packet::PubAck(ack)) => self.puback(&ack),
@@ -354,10 +387,24 @@ impl Publisher {
         self.limit = usize::from(self.settings.max_in_flight)
             .min(broker_max)
             .max(1);
+        // rumqttc fails the connection when it is asked to write a larger packet, so a row
+        // above it would be first again after every reconnect: checked before sending.
+        self.max_packet = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .and_then(|max| usize::try_from(max).ok());
+        self.stalled = false;
+        self.keep_alive = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.server_keep_alive)
+            .map_or(self.settings.keep_alive, |secs| {
+                Duration::from_secs(u64::from(secs))
+            });
         // A clean start: every unacknowledged row goes out again, from the oldest.
-        self.flight.clear();
+        self.forget_in_flight();
         self.desynced = false;
-        self.cursor = 0;
         self.outbox_more = true;
         if self.pause == Pause::Rewind {
             self.pause = Pause::None;
@@ -390,6 +437,10 @@ impl Publisher {
                     self.acks.push(id);
                     self.status.acked += 1;
                     self.no_subscribers(ack.reason);
+                    self.sent.done(id);
+                    if let Some(session) = self.row_sessions.remove(&id) {
+                        self.gate.settled(session);
+                    }
                 }
                 Item::Inventory => self.status.inventories += 1,
                 Item::Status(_) => {}
@@ -403,6 +454,11 @@ impl Publisher {
             return;
         }
         self.status.refused += 1;
+        if let Item::Row(id) = item {
+            // Not settled: the session's later rows stay held until the rewind, which sends
+            // this one first.
+            self.row_sessions.remove(&id);
+        }
         if self.refusals[kind as usize] != Some(ack.reason) {
             self.refusals[kind as usize] = Some(ack.reason);
             tracing::warn!(
@@ -434,6 +490,29 @@ impl Publisher {
                 tracing::info!("device events have a subscriber at the broker again");
             }
         }
+    }
+
+    /// How long the broker may stay silent before the connection counts as dead. rumqttc
+    /// pings every keep-alive, and the broker answers, so a live link is never silent for two;
+    /// the watchdog does not depend on rumqttc's own ping timer, which cannot fire while a
+    /// write into a full send buffer blocks its event loop (a half-open link).
+    fn silence_limit(&self) -> Duration {
+        self.keep_alive * 2
+    }
+
+    /// The broker sent nothing for [`Publisher::silence_limit`]: the driver drops the
+    /// connection, the unacknowledged rows go out again on the next one.
+    fn silent(&mut self) {
+        let silent = self.last_heard.elapsed();
+        self.stalled = true;
+        self.status.unresponsive += 1;
+        tracing::warn!(
+            silent = ?silent,
+            rows_in_flight = self.flight.rows(),
+            "the MQTT broker has sent nothing for two keep-alive periods; dropping the connection"
+        );
+        // Full only if a request is pending already, which does the same.
+        let _ = self.stall.try_send(silent);
     }
 
     fn check_flight(&mut self, result: Result<(), FlightError>) {
@@ -471,9 +550,9 @@ impl Publisher {
         self.link = Link::Down;
         self.status.connected = false;
         self.status.last_error = Some(cause);
-        self.flight.clear();
+        self.forget_in_flight();
         self.desynced = false;
-        self.cursor = 0;
+        self.stalled = false;
         if self.stopping {
             // Dropping `resume` ends the driver.
             return;
@@ -482,41 +561,83 @@ impl Publisher {
         let _ = resume.send(self.connect_backoff.next_delay());
     }
 
-    /// Queues outbox rows while there is room in flight.
+    /// Queues outbox rows while there is room in flight: first the rows released by an ack of
+    /// their session's previous row, then new rows from the outbox (those of a session with a
+    /// row in flight wait in the gate, within its bound).
     async fn fill(&mut self) -> Result<(), PublishError> {
         if !self.is_up() || self.desynced {
             return Ok(());
         }
         if self.pause == Pause::Rewind && self.flight.rows() == 0 {
+            // No row in flight, so none is lost by starting over; the status and inventory
+            // in flight stay tracked.
+            self.gate.clear();
+            self.row_sessions.clear();
             self.cursor = 0;
             self.outbox_more = true;
             self.pause = Pause::None;
         }
-        while self.pause == Pause::None && self.outbox_more && self.flight.rows() < self.limit {
-            let room = self.limit - self.flight.rows();
-            let rows = self.store.outbox_peek(self.cursor, room).await?;
-            self.outbox_more = rows.len() == room;
+        if self.pause != Pause::None {
+            return Ok(());
+        }
+        while self.flight.rows() < self.limit {
+            let Some(row) = self.gate.next_ready() else {
+                break;
+            };
+            self.send_row(row)?;
+        }
+        while self.outbox_more && self.flight.rows() < self.limit && self.gate.room() > 0 {
+            let want = (self.limit - self.flight.rows()).min(self.gate.room());
+            let rows = self.store.outbox_peek(self.cursor, want).await?;
+            self.outbox_more = rows.len() == want;
             for row in rows {
-                self.client
-                    .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
-                    .map_err(|source| PublishError::Client {
-                        what: "publish an outbox row",
-                        source: Box::new(source),
-                    })?;
-                self.flight.queue(Item::Row(row.id));
                 self.cursor = row.id;
-                self.status.published += 1;
-                if row.id <= self.sent_through {
-                    self.status.resent += 1;
+                if let Some(row) = self.gate.admit(row.session, row) {
+                    self.send_row(row)?;
                 } else {
-                    self.sent_through = row.id;
-                    if let Some(shared) = &self.shared_sent_through {
-                        shared.store(row.id, Ordering::Relaxed);
-                    }
+                    self.status.waited_for_session += 1;
                 }
             }
         }
+        // The oversize rows dropped, so that the next peek does not meet them again.
+        self.flush_acks().await
+    }
+
+    /// Publishes `row`, or drops it when its PUBLISH exceeds the broker's Maximum Packet Size.
+    fn send_row(&mut self, row: OutboxRow) -> Result<(), PublishError> {
+        let size = publish_packet_size(row.topic.len(), row.payload.len());
+        if !self.fits(size, Kind::Devices) {
+            // No broker of this connection would ever take it, and keeping it would block
+            // its session for good: it leaves the outbox, counted. The subscriber sees a gap
+            // at its seq; the session's next periodic Snapshot carries its state again.
+            self.status.oversize += 1;
+            self.sent.done(row.id);
+            self.acks.push(row.id);
+            self.gate.settled(row.session);
+            return Ok(());
+        }
+        self.client
+            .try_publish(row.topic, QoS::AtLeastOnce, false, row.payload)
+            .map_err(|source| PublishError::Client {
+                what: "publish an outbox row",
+                source: Box::new(source),
+            })?;
+        self.flight.queue(Item::Row(row.id));
+        self.row_sessions.insert(row.id, row.session);
+        self.status.published += 1;
+        if self.sent.published(row.id) {
+            self.status.resent += 1;
+        }
         Ok(())
+    }
+
+    /// Nothing in flight will be acknowledged (the connection is new or gone): every
+    /// unacknowledged row is peeked again, from the oldest.
+    fn forget_in_flight(&mut self) {
+        self.flight.clear();
+        self.gate.clear();
+        self.row_sessions.clear();
+        self.cursor = 0;
     }
 
     fn send_status(&mut self, state: AgentState) -> Result<(), PublishError> {
@@ -553,6 +674,11 @@ impl Publisher {
                 return Ok(());
             }
         };
+        let size = publish_packet_size(self.inventory_topic.len(), payload.len());
+        if !self.fits(size, Kind::Inventory) {
+            self.status.oversize_inventories += 1;
+            return Ok(());
+        }
         self.client
             .try_publish(
                 self.inventory_topic.clone(),
@@ -629,6 +755,25 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether a PUBLISH of `size` bytes is within the broker's Maximum Packet Size; logs
+    /// the first one that is not, per kind.
+    fn fits(&mut self, size: usize, kind: Kind) -> bool {
+        let Some(max) = self.max_packet.filter(|max| size > *max) else {
+            return true;
+        };
+        if !std::mem::replace(&mut self.oversize_logged[kind as usize], true) {
+            tracing::warn!(
+                topic = kind.name(),
+                size,
+                max_packet_size = max,
+                "a publish exceeds the broker's Maximum Packet Size and is dropped (device \
+                 events leave the outbox); see publish.oversize, publish.oversize_inventories; \
+                 logged once"
+            );
+        }
+        false
+    }
+
     fn is_up(&self) -> bool {
         matches!(self.link, Link::Up { .. })
     }
@@ -664,19 +809,4 @@ fn status_payload(
         what: "status",
         source,
     })
-}
-
-/// The MQTT v5 reason code, as operators and broker logs write it.
-fn reason_code(reason: PubAckReason) -> u8 {
-    match reason {
-        PubAckReason::Success => 0x00,
-        PubAckReason::NoMatchingSubscribers => 0x10,
-        PubAckReason::UnspecifiedError => 0x80,
-        PubAckReason::ImplementationSpecificError => 0x83,
-        PubAckReason::NotAuthorized => 0x87,
-        PubAckReason::TopicNameInvalid => 0x90,
-        PubAckReason::PacketIdentifierInUse => 0x91,
-        PubAckReason::QuotaExceeded => 0x97,
-        PubAckReason::PayloadFormatInvalid => 0x99,
-    }
 }

@@ -12,7 +12,6 @@
 //! Limitation: the counters a panicking publisher had not yet shown (at most those of one
 //! batch of events) are lost; the rows themselves are not, they stay in the outbox.
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use rae_proto::SessionSeq;
@@ -21,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
+use super::packet::SentRows;
 use super::publisher::run_after;
 use super::{PublishError, PublisherSettings, PublisherStatus};
 use crate::store::{StoreError, StoreHandle};
@@ -43,8 +43,8 @@ pub async fn supervise(
         );
     }
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
-    // Rows queued by the runs before, so that re-sends after a restart count as `resent`.
-    let sent_through = Arc::new(AtomicI64::new(0));
+    // Rows published by the runs before, so that re-sends after a restart count as `resent`.
+    let sent = Arc::new(SentRows::default());
     loop {
         let started = Instant::now();
         let mut task = AbortOnDrop(tokio::spawn(run_after(
@@ -53,7 +53,7 @@ pub async fn supervise(
             inventory.clone(),
             status.clone(),
             shutdown.clone(),
-            sent_through.clone(),
+            sent.clone(),
         )));
         settings.fault = None;
         let cause = match (&mut task).await {

@@ -27,7 +27,7 @@ use std::path::Path;
 
 pub use error::ServiceError;
 pub use kafka::{Kafka, KafkaOptions};
-pub use mosquitto::{Acl, Mosquitto, MosquittoAuth, MosquittoOptions, MqttUser};
+pub use mosquitto::{Acl, BrokerSetup, Mosquitto, MosquittoAuth, MosquittoOptions, MqttUser};
 pub use ports::PortLease;
 pub use postgres::Postgres;
 

@@ -88,6 +88,20 @@ pub struct MosquittoOptions {
     pub auth: Option<MosquittoAuth>,
 }
 
+/// What fault tests change about a broker, beyond [`MosquittoOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct BrokerSetup {
+    /// Anonymous clients are allowed and limited by this ACL (when `auth` is not set):
+    /// for the real agent, whose config file has no MQTT credentials.
+    pub anonymous_acl: Option<Acl>,
+    /// Further lines of `mosquitto.conf`, e.g. `max_packet_size 1024`.
+    pub extra_config: String,
+    /// Run inside this network namespace (one the test created), listening on every address
+    /// there; clients are pointed at the address given (and the readiness probe uses it), so
+    /// that a test can cut one path to the broker and keep another.
+    pub netns: Option<(String, Ipv4Addr)>,
+}
+
 /// A running broker; stopped and its directory removed on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -96,6 +110,8 @@ pub struct Mosquitto {
     lease: PortLease,
     dir: OwnedDir,
     options: MosquittoOptions,
+    setup: BrokerSetup,
+    host: String,
 }
 
 impl Mosquitto {
@@ -116,26 +132,37 @@ impl Mosquitto {
     }
 
     pub fn start_with(options: MosquittoOptions) -> Result<Mosquitto, ServiceError> {
+        Mosquitto::start_setup(options, BrokerSetup::default())
+    }
+
+    /// A broker with `setup` on top of `options`.
+    pub fn start_setup(
+        options: MosquittoOptions,
+        setup: BrokerSetup,
+    ) -> Result<Mosquitto, ServiceError> {
         let program = find_program(SERVICE, &["/usr/sbin/mosquitto"], HINT)?;
         let user = ServiceUser::lookup(SERVICE, "mosquitto")?;
         let dir = OwnedDir::create(SERVICE)
             .map_err(|e| ServiceError::io("creating the broker dir", super::lab_root(), e))?;
         let (lease, process) = retry_on_port_clash(SERVICE, || {
             let lease = PortLease::acquire()?;
-            write_config(dir.path(), lease.port(), &options, &user)?;
-            let process = launch(&program, dir.path(), lease.port(), &user)?;
+            write_config(dir.path(), lease.port(), &options, &setup, &user)?;
+            let process = launch(&program, dir.path(), lease.port(), &setup, &user)?;
             Ok((lease, process))
         })?;
+        let host = listen_ip(&setup).to_string();
         Ok(Mosquitto {
             process: Some(process),
             lease,
             dir,
             options,
+            setup,
+            host,
         })
     }
 
-    pub fn host(&self) -> &'static str {
-        "127.0.0.1"
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     pub fn port(&self) -> u16 {
@@ -143,7 +170,7 @@ impl Mosquitto {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()))
+        SocketAddr::from((listen_ip(&self.setup), self.port()))
     }
 
     /// `mqtt://127.0.0.1:<port>`
@@ -186,22 +213,67 @@ impl Mosquitto {
         ensure_stopped(SERVICE, &self.process)?;
         let program = find_program(SERVICE, &["/usr/sbin/mosquitto"], HINT)?;
         let user = ServiceUser::lookup(SERVICE, "mosquitto")?;
-        self.process = Some(launch(&program, self.dir.path(), self.port(), &user)?);
+        self.process = Some(launch(
+            &program,
+            self.dir.path(),
+            self.port(),
+            &self.setup,
+            &user,
+        )?);
         Ok(())
     }
+
+    /// Sends `signal` to the broker's process group: SIGSTOP freezes it (connections stay
+    /// open, nothing is answered), SIGCONT thaws it, SIGHUP makes it reload its config and ACL.
+    pub fn signal(&self, signal: Signal) -> Result<(), ServiceError> {
+        match &self.process {
+            Some(process) => process.signal(signal),
+            None => Err(ServiceError::io(
+                "signalling the broker",
+                self.dir.path(),
+                std::io::Error::other("the broker is stopped"),
+            )),
+        }
+    }
+
+    /// Kills the broker with SIGKILL (no orderly goodbye to its clients) and reaps it; the
+    /// port stays reserved for [`Mosquitto::start_again`].
+    pub fn kill(&mut self) -> Result<(), ServiceError> {
+        self.signal(Signal::SIGKILL)?;
+        self.stop()
+    }
+
+    /// Replaces the ACL file (with [`BrokerSetup::anonymous_acl`] or [`MosquittoAuth`]) and
+    /// makes the running broker reload it (SIGHUP).
+    pub fn replace_acl(&mut self, acl: &Acl) -> Result<(), ServiceError> {
+        write_file(&self.dir.path().join("acl"), acl.text())?;
+        self.signal(Signal::SIGHUP)
+    }
+}
+
+fn listen_ip(setup: &BrokerSetup) -> Ipv4Addr {
+    setup
+        .netns
+        .as_ref()
+        .map_or(Ipv4Addr::LOCALHOST, |(_, ip)| *ip)
 }
 
 fn write_config(
     dir: &Path,
     port: u16,
     options: &MosquittoOptions,
+    setup: &BrokerSetup,
     user: &ServiceUser,
 ) -> Result<(), ServiceError> {
     user.own(dir)?;
+    let listener = match setup.netns {
+        Some(_) => format!("listener {port}"),
+        None => format!("listener {port} {}", Ipv4Addr::LOCALHOST),
+    };
     // Log to stderr, which goes to mosquitto.log: start-up errors (a taken port) land
     // there too, before the broker has read its own log settings.
     let mut config = format!(
-        "listener {port} 127.0.0.1\n\
+        "{listener}\n\
          log_dest stderr\n\
          log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
          connection_messages true\n\
@@ -220,7 +292,14 @@ fn write_config(
         config.push_str("persistence false\n");
     }
     match &options.auth {
-        None => config.push_str("allow_anonymous true\n"),
+        None => {
+            config.push_str("allow_anonymous true\n");
+            if let Some(acl) = &setup.anonymous_acl {
+                let path = dir.join("acl");
+                write_file(&path, acl.text())?;
+                config.push_str(&format!("acl_file {}\n", path.display()));
+            }
+        }
         Some(auth) => {
             let passwords = dir.join("passwd");
             write_passwords(&passwords, &auth.users)?;
@@ -234,6 +313,8 @@ fn write_config(
             ));
         }
     }
+    config.push_str(&setup.extra_config);
+    config.push('\n');
     write_file(&dir.join("mosquitto.conf"), &config)
 }
 
@@ -263,14 +344,26 @@ fn launch(
     program: &Path,
     dir: &Path,
     port: u16,
+    setup: &BrokerSetup,
     user: &ServiceUser,
 ) -> Result<ServiceProcess, ServiceError> {
-    let mut command = Command::new(program);
+    let mut command = match &setup.netns {
+        None => {
+            let mut command = Command::new(program);
+            user.apply(&mut command);
+            command
+        }
+        // `ip netns exec` needs root; mosquitto started as root drops to its own user.
+        Some((ns, _)) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+    };
     command
         .arg("-c")
         .arg(dir.join("mosquitto.conf"))
         .current_dir(dir);
-    user.apply(&mut command);
     let mut process = ServiceProcess::spawn(Launch {
         service: SERVICE,
         command,
@@ -278,7 +371,7 @@ fn launch(
         stop_signal: Signal::SIGTERM,
         stop_grace: Duration::from_secs(10),
     })?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let addr = SocketAddr::from((listen_ip(setup), port));
     process.wait_ready("an MQTT CONNACK", READY_WITHIN, || probe(addr))?;
     Ok(process)
 }

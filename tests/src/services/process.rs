@@ -162,6 +162,17 @@ impl ServiceProcess {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Sends `signal` to the whole process group.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<(), ServiceError> {
+        killpg(self.pgid(), signal).map_err(|errno| {
+            ServiceError::io(
+                "signalling a service process",
+                &self.log,
+                std::io::Error::from(errno),
+            )
+        })
+    }
+
     /// Ends the whole process group: the stop signal, then SIGKILL after the grace period.
     pub(crate) fn stop(&mut self) -> Result<(), ServiceError> {
         if self.stopped {
