@@ -31,6 +31,6 @@ pub mod mqtt_watch;
 pub mod netlab;
 pub mod procstat;
 pub mod services;
-pub mod stream_check;
 pub mod sink;
+pub mod stream_check;
 pub mod sweep;

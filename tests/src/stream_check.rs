@@ -50,7 +50,10 @@ impl Stream {
                 }
             };
             if envelope.session != session {
-                problems.push(format!("{}: payload of session {}", message.topic, envelope.session));
+                problems.push(format!(
+                    "{}: payload of session {}",
+                    message.topic, envelope.session
+                ));
                 continue;
             }
             stream.take(envelope, &message.payload, &mut problems);
@@ -142,7 +145,9 @@ impl Stream {
         }
         for (session, folded) in &self.sessions {
             let Some(row) = listed.remove(&session.to_string()) else {
-                problems.push(format!("session {session} was published but is not in the registry"));
+                problems.push(format!(
+                    "session {session} was published but is not in the registry"
+                ));
                 continue;
             };
             let record = &folded.record;
@@ -150,8 +155,14 @@ impl Stream {
             let want = [
                 ("mac", Some(record.mac.to_string())),
                 ("ipv4", ipv4),
-                ("reachability", Some(record.reachability.state.as_str().to_owned())),
-                ("availability", Some(record.availability.as_str().to_owned())),
+                (
+                    "reachability",
+                    Some(record.reachability.state.as_str().to_owned()),
+                ),
+                (
+                    "availability",
+                    Some(record.availability.as_str().to_owned()),
+                ),
                 ("close_reason", folded.closed.map(|r| r.as_str().to_owned())),
                 ("last_seq", Some(folded.last_seq.to_string())),
             ];
@@ -169,7 +180,9 @@ impl Stream {
             }
         }
         for session in listed.keys() {
-            problems.push(format!("session {session} is in the registry but was never published"));
+            problems.push(format!(
+                "session {session} is in the registry but was never published"
+            ));
         }
         if problems.is_empty() {
             Ok(())
