@@ -94,9 +94,12 @@ impl Store {
             });
         }
         if let Some(last) = rows.last().filter(|row| row.id > self.peeked_through) {
-            // Persisted before the rows can be published, so that a restart does not coalesce
-            // an event the broker may already have.
-            self.set_synchronous(Synchronous::Normal)?;
+            // On the flash (synchronous=FULL: the WAL is fsynced before this returns) before
+            // the rows can be published: if the mark could roll back in a power loss, the
+            // quota of the next run could coalesce rows the broker already has into a
+            // Snapshot carrying a seq the broker already has with other bytes. One fsync per
+            // peek that advances the mark; see "Durability" in the store's module docs.
+            self.set_synchronous(Synchronous::Full)?;
             self.conn
                 .execute(
                     "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -104,6 +107,7 @@ impl Store {
                     params![PEEKED_THROUGH, last.id],
                 )
                 .context("recording the outbox position")?;
+            self.durable_writes += 1;
             self.peeked_through = last.id;
         }
         Ok(rows)
