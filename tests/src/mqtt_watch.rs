@@ -43,11 +43,38 @@ pub struct MqttWatch {
 impl MqttWatch {
     /// Connects to `host:port` and subscribes to `filters` (QoS 1); returns once SUBACK came.
     pub fn start(host: &str, port: u16, client_id: &str, filters: &[&str]) -> Result<MqttWatch> {
+        MqttWatch::start_with(host, port, client_id, filters, true)
+    }
+
+    /// Like [`MqttWatch::start`], with a persistent session (clean session off): a broker
+    /// with persistence keeps the subscription across its own restart and queues QoS 1
+    /// messages for the watch while it reconnects, as a cloud consumer's session would.
+    pub fn start_persistent(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        filters: &[&str],
+    ) -> Result<MqttWatch> {
+        MqttWatch::start_with(host, port, client_id, filters, false)
+    }
+
+    fn start_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        filters: &[&str],
+        clean_session: bool,
+    ) -> Result<MqttWatch> {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
         let mut options = MqttOptions::new(client_id, host, port);
         options.set_keep_alive(Duration::from_secs(5));
+        if !clean_session {
+            // MQTT v5: a session outlives the connection only with a session expiry.
+            options.set_clean_start(false);
+            options.set_session_expiry_interval(Some(3600));
+        }
         let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         let sink = Arc::clone(&messages);
         let thread = std::thread::Builder::new()
