@@ -206,3 +206,37 @@ fn after_a_power_loss_no_published_seq_is_reused_and_sessions_resume_above_it() 
          byte-identical"
     );
 }
+
+#[test]
+fn one_fsync_of_the_mark_covers_the_peeks_of_the_rows_queued_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("registry.db"), StoreOptions::default()).unwrap();
+    let (mut a, opened) = Device::open(1, mac(1), 0);
+    let mut batch = vec![opened];
+    for n in 0..39u8 {
+        batch.push(a.update(vec![field(n, n)], 1));
+    }
+    store.commit(&batch, &serial(), 1).unwrap();
+    assert_eq!(store.durable_writes(), 1, "the commit's fsync");
+    // The publisher's window: a peek of 8 rows, then one more peek per ack.
+    let mut cursor = 0;
+    for _ in 0..5 {
+        let rows = store.outbox_peek(cursor, 8).unwrap();
+        assert_eq!(rows.len(), 8);
+        cursor = rows.last().unwrap().id;
+    }
+    assert_eq!(
+        store.durable_writes(),
+        2,
+        "one fsync of the mark for all 40 rows of the commit"
+    );
+    store
+        .commit(&[a.update(vec![field(1, 99)], 2)], &serial(), 2)
+        .unwrap();
+    assert_eq!(store.outbox_peek(cursor, 8).unwrap().len(), 1);
+    assert_eq!(
+        store.durable_writes(),
+        4,
+        "a row committed after the mark needs the mark moved (and fsynced) again"
+    );
+}

@@ -48,7 +48,10 @@
 //! 4. **The quota never rewrites a row the broker may have.** Coalescing replaces rows above
 //!    the `outbox_peeked_through` mark by a Snapshot at the highest replaced seq. The mark is
 //!    written with `synchronous=FULL` before `outbox_peek` returns the rows, so after any
-//!    crash it covers every row that reached the publisher; were it NORMAL, a power loss
+//!    crash it covers every row that reached the publisher. It reaches up to 1,024 rows
+//!    past the rows handed over (those go out next anyway), so one fsync covers the
+//!    publisher's peeks of a whole commit's rows rather than one fsync per peek (measured:
+//!    0.14 fsyncs per event with one per peek, see BENCHMARKS); were it NORMAL, a power loss
 //!    could roll it back and the next run could coalesce delivered rows into a Snapshot
 //!    carrying a delivered seq with other bytes (`tests/store_power_loss.rs` shows exactly
 //!    that with the mark at NORMAL). The same fsync makes durable any coalescing a NORMAL
@@ -64,7 +67,8 @@
 //!    unpublished seqs (2).
 //!
 //! Cost: one fsync per commit with events (grouped by the adaptive policy) and one per
-//! `outbox_peek` that advances the mark; figures in `docs/BENCHMARKS.md` ("rae-agent
+//! `outbox_peek` that moves the mark past its reach, about one per commit when the
+//! publisher keeps up; figures in `docs/BENCHMARKS.md` ("rae-agent
 //! durability"). Tested by `tests/store_power_loss.rs` (only the files as of the last fsync
 //! survive), `tests/store_inventory.rs`, and the lab's `agent_crash.rs` (kill -9 at 20 random
 //! instants in a stream of 5,000 changes; a 60 s broker outage).
@@ -129,8 +133,9 @@ pub trait RegistryStore {
     fn open_sessions(&self) -> Result<Vec<RestoredSession>, StoreError>;
 
     /// Up to `limit` outbox rows with an id above `after_id`, oldest first. The rows returned
-    /// are in flight from now on: the quota never coalesces them, so peek only what is about
-    /// to be sent.
+    /// are in flight from now on: the quota never coalesces them (nor the next 1,024 rows
+    /// behind them, which one fsync of the mark covers with them), so peek only what is
+    /// about to be sent.
     fn outbox_peek(&mut self, after_id: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
 
     /// Deletes the acknowledged rows; unknown ids are ignored (an ack may repeat after a

@@ -46,7 +46,8 @@ pub struct Store {
     pub(super) options: StoreOptions,
     synchronous: Option<Synchronous>,
     pub(super) outbox: OutboxTotals,
-    /// Rows up to this id were handed to the publisher and may be on the wire.
+    /// Rows up to this id were handed to the publisher and may be on the wire, or are next
+    /// in line behind those (see `MARK_AHEAD_ROWS`): the quota leaves them alone.
     pub(super) peeked_through: i64,
     history_since_trim: u64,
     serial_written: Option<Serial>,
