@@ -348,7 +348,7 @@ fn a_60_s_broker_outage_while_duts_join_change_and_leave_ends_in_the_registry_st
     };
 
     // Before the outage: a DUT the subscriber knows.
-    let early = add("early");
+    let mut early = add("early");
     listed(&mut agent, &early);
     wait_converged(&watch, &mut agent, "the early DUT published");
 
@@ -370,18 +370,24 @@ fn a_60_s_broker_outage_while_duts_join_change_and_leave_ends_in_the_registry_st
         .unwrap_or(0);
 
     // During the outage: one joins and stays, one joins and changes, one joins and leaves,
-    // the early one leaves.
+    // the early one changes and leaves.
     let stayer = add("stayer");
     let mut changer = add("changer");
     let leaver = add("leaver");
     for dut in [&stayer, &changer, &leaver] {
         listed(&mut agent, dut);
     }
+    let new_early = lab.net().host_v4(240);
     let new_changer = lab.net().host_v4(241);
     // udhcpc unicasts its DHCPRELEASE to dnsmasq, and `set_ipv4` flushes the address right
     // after: without a neighbour entry for the router (udhcpc's own traffic is raw) the
     // release dies waiting for ARP and dnsmasq offers the old address again. One ping first.
-    let _ = changer.ping(lab.router_v4().into());
+    for dut in [&early, &changer] {
+        let _ = dut.ping(lab.router_v4().into());
+    }
+    early
+        .set_ipv4(new_early)
+        .unwrap_or_else(|e| panic!("changing early's address: {e}"));
     changer
         .set_ipv4(new_changer)
         .unwrap_or_else(|e| panic!("changing changer's address: {e}\n{}", lab.dnsmasq_log()));
@@ -390,9 +396,11 @@ fn a_60_s_broker_outage_while_duts_join_change_and_leave_ends_in_the_registry_st
             .and_then(|r| r.iter().find(|r| r["close_reason"].is_null()))
             .and_then(|r| r["ipv4"].as_str().map(str::to_owned))
     };
-    wait_until("the address change in raectl devices", WAIT, || {
-        let got = ipv4_of(&devices_by_mac(&spec), &changer);
-        Ok(match got == Some(new_changer.to_string()) {
+    wait_until("both address changes in raectl devices", WAIT, || {
+        let rows = devices_by_mac(&spec);
+        let got = (ipv4_of(&rows, &early), ipv4_of(&rows, &changer));
+        let want = (Some(new_early.to_string()), Some(new_changer.to_string()));
+        Ok(match got == want {
             true => Ok(()),
             false => Err(format!("{got:?}")),
         })
