@@ -46,6 +46,17 @@ impl MqttWatch {
         MqttWatch::start_with_session(host, port, client_id, filters, true)
     }
 
+    /// [`start`](Self::start) with a persistent session, as a cloud consumer's would: see
+    /// [`start_with_session`](Self::start_with_session).
+    pub fn start_persistent(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        filters: &[&str],
+    ) -> Result<MqttWatch> {
+        MqttWatch::start_with_session(host, port, client_id, filters, false)
+    }
+
     /// [`start`](Self::start) with `clean_session = false` (v5: no clean start, a session
     /// expiry of an hour): with a broker that persists
     /// sessions, the subscription and the messages queued for it survive a broker restart, so

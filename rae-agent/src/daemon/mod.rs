@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::wall_ms;
 
-use rae_proto::{Mac, NameError, Serial, SessionSeq};
+use rae_proto::{Mac, NameError, Serial};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -146,7 +146,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (store, store_thread) =
         StoreHandle::spawn(store, serial, StoreThreadOptions::from_config(&config))?;
 
-    let (inventory_tx, inventory_rx) = watch::channel(engine.inventory());
+    // From the store, not the core: it lists only committed seqs (see the store thread).
+    let inventory_rx = store.inventory_watch();
     let (pub_status_tx, pub_status_rx) = watch::channel(PublisherStatus::default());
     let publisher_settings = PublisherSettings {
         fault: publish::Fault::from_env()?,
@@ -286,12 +287,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             if let Err(err) = store.submit(changes).await {
                 break Err(err.into());
             }
-            inventory_tx.send_if_modified(|inv: &mut Vec<SessionSeq>| {
-                let now = engine.inventory();
-                let changed = *inv != now;
-                *inv = now;
-                changed
-            });
         }
     };
 

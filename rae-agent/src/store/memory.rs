@@ -15,7 +15,8 @@ use super::apply::{apply_change, encode_event, encode_record, HistoryEntry, Hist
 use super::error::{ChangeError, StoreError};
 use super::floor::{DiskSample, DiskState};
 use super::outbox::{
-    COALESCED_EVENTS, COALESCED_SESSIONS, QUOTA_UNMET, VANISHED_EVENTS, VANISHED_SESSIONS,
+    COALESCED_EVENTS, COALESCED_SESSIONS, MARK_AHEAD_ROWS, QUOTA_UNMET, VANISHED_EVENTS,
+    VANISHED_SESSIONS,
 };
 use super::quota::{self, Candidate};
 use super::reader::{HistoryRow, StatusEntry};
@@ -391,8 +392,15 @@ impl RegistryStore for MemoryStore {
                 created_ms: e.created_ms,
             })
             .collect();
-        if let Some(last) = rows.last() {
-            self.peeked_through = self.peeked_through.max(last.id);
+        if let Some(last) = rows.last().filter(|row| row.id > self.peeked_through) {
+            // As the SQLite store: the mark reaches past the rows handed over.
+            self.peeked_through = self
+                .state
+                .outbox
+                .range(last.id.saturating_add(1)..)
+                .take(MARK_AHEAD_ROWS)
+                .last()
+                .map_or(last.id, |(id, _)| *id);
         }
         Ok(rows)
     }

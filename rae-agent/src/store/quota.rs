@@ -12,10 +12,9 @@
 //! ones are its Closed event, which carries no field.
 //!
 //! Rows the publisher took are marked in `meta` before it gets them, so a restart does not
-//! coalesce them either. That mark is written without an fsync: after a power loss it may fall
-//! back, and a Snapshot may then take the seq of an event the broker already has. It carries
-//! that event's values for every field the event carried, so the sink still converges; a sink
-//! must therefore let a Snapshot close a gap even when it saw its seq before.
+//! coalesce them either. That mark is fsynced before the rows are handed over
+//! (`synchronous=FULL`), so it cannot fall back in a power loss either: a coalesced Snapshot
+//! never takes the seq of an event the broker may already have.
 //!
 //! Order of choice: sessions with the most coalescable events first (they lose the least detail
 //! per byte saved), only sessions with two or more (one event replaced by a Snapshot saves

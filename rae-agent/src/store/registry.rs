@@ -35,17 +35,23 @@ pub(super) const PEEKED_THROUGH: &str = "outbox_peeked_through";
 /// the registry core resumes every session from a `last_seq` at least as high as any seq
 /// that was published, and never hands out a published seq again.
 ///
+/// The mark of the rows handed to the publisher (`outbox_peek`) is written with
+/// `synchronous=FULL` too, for the same reason: the quota must never coalesce a row the broker
+/// may already have, after a power loss included.
+///
 /// Everything else (`Seen`-only commits, acks, status) runs with `synchronous=NORMAL`: power loss
 /// may undo the last of those, which costs a stale `last_seen` or a row published twice (the
 /// sink's convergence rule absorbs duplicates), never a corrupt database, and never a reused
-/// seq. The next FULL commit fsyncs the WAL and with it every earlier transaction.
+/// seq. The next FULL commit fsyncs the WAL and with it every earlier transaction. The whole
+/// argument, case by case, is in the store's module documentation ("Durability").
 pub struct Store {
     pub(super) conn: Connection,
     path: PathBuf,
     pub(super) options: StoreOptions,
     synchronous: Option<Synchronous>,
     pub(super) outbox: OutboxTotals,
-    /// Rows up to this id were handed to the publisher and may be on the wire.
+    /// Rows up to this id were handed to the publisher and may be on the wire, or are next
+    /// in line behind those (see `MARK_AHEAD_ROWS`): the quota leaves them alone.
     pub(super) peeked_through: i64,
     history_since_trim: u64,
     serial_written: Option<Serial>,
@@ -53,6 +59,8 @@ pub struct Store {
     disk: DiskState,
     /// The sample at open found the disk short: counted with the first status write.
     disk_crossed_at_open: bool,
+    /// Transactions committed with `synchronous=FULL` (each one an fsync of the WAL).
+    pub(super) durable_writes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +115,7 @@ impl Store {
             serial_written: None,
             disk: DiskState::default(),
             disk_crossed_at_open: false,
+            durable_writes: 0,
             options,
         })
         .map(|mut store| {
@@ -155,6 +164,14 @@ impl Store {
 
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// How many transactions this connection committed with `synchronous=FULL`: each one
+    /// fsynced the WAL, and with it every transaction before it. For measurements, and for
+    /// tests that keep only what a power loss cannot take back (the files as of the last of
+    /// these).
+    pub fn durable_writes(&self) -> u64 {
+        self.durable_writes
     }
 
     /// Applies `changes` in order in one transaction: session rows, history rows and outbox
@@ -236,6 +253,9 @@ impl Store {
             .context("recording the serial")?;
         }
         tx.commit().context("committing changes")?;
+        if publishes {
+            self.durable_writes += 1;
+        }
         self.outbox = totals;
         self.history_since_trim = since_trim;
         self.serial_written = Some(serial.clone());

@@ -11,10 +11,16 @@
 //! thread: it means a bug in the core or a failing disk, and the daemon restarts from what was
 //! committed. Its error comes out of [`StoreThread::finished`]; requests after it get
 //! [`StoreError::ThreadStopped`].
+//!
+//! The inventory (open sessions with their latest seq, which the publisher sends) comes from
+//! here too, not from the core: [`StoreHandle::inventory_watch`] changes only after a commit
+//! returned. The core hands out seqs before they are stored; advertising one of those and then
+//! being killed would announce a seq that the next run assigns to different content.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rae_proto::Serial;
+use rae_proto::{Serial, SessionId, SessionSeq};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -84,6 +90,7 @@ enum Request {
 pub struct StoreHandle {
     requests: mpsc::Sender<Request>,
     outbox: watch::Receiver<OutboxStats>,
+    inventory: watch::Receiver<Vec<SessionSeq>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -126,8 +133,14 @@ impl StoreHandle {
         S: RegistryStore + Send + 'static,
     {
         let initial = store.outbox_stats()?;
+        let open: BTreeMap<SessionId, u64> = store
+            .open_sessions()?
+            .into_iter()
+            .map(|s| (s.session, s.last_seq))
+            .collect();
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         let (stats, outbox) = watch::channel(initial);
+        let (inventory_tx, inventory) = watch::channel(inventory_of(&open));
         let (done_tx, done) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -140,6 +153,8 @@ impl StoreHandle {
             drain_limit: options.channel_capacity.max(1),
             stats,
             quota_unmet: false,
+            open,
+            inventory: inventory_tx,
         };
         std::thread::Builder::new()
             .name("rae-store".into())
@@ -152,7 +167,14 @@ impl StoreHandle {
                 let _ = done_tx.send(result);
             })
             .map_err(StoreError::Spawn)?;
-        Ok((StoreHandle { requests, outbox }, StoreThread { done }))
+        Ok((
+            StoreHandle {
+                requests,
+                outbox,
+                inventory,
+            },
+            StoreThread { done },
+        ))
     }
 
     /// Queues Changes for the next grouped commit; waits while the channel is full.
@@ -200,6 +222,12 @@ impl StoreHandle {
         self.outbox.clone()
     }
 
+    /// The open sessions with their latest seq, as committed (sorted by session): changes
+    /// only after a commit returned, so it never lists a seq a crash could take back.
+    pub fn inventory_watch(&self) -> watch::Receiver<Vec<SessionSeq>> {
+        self.inventory.clone()
+    }
+
     pub async fn write_status(&self, entries: Vec<(String, String)>) -> Result<(), StoreError> {
         self.call(|reply| Request::WriteStatus { entries, reply })
             .await
@@ -228,6 +256,15 @@ struct Worker<S> {
     drain_limit: usize,
     stats: watch::Sender<OutboxStats>,
     quota_unmet: bool,
+    /// Open sessions and their latest committed seq: the source of the inventory.
+    open: BTreeMap<SessionId, u64>,
+    inventory: watch::Sender<Vec<SessionSeq>>,
+}
+
+fn inventory_of(open: &BTreeMap<SessionId, u64>) -> Vec<SessionSeq> {
+    open.iter()
+        .map(|(&session, &seq)| SessionSeq { session, seq })
+        .collect()
 }
 
 impl<S: RegistryStore> Worker<S> {
@@ -362,7 +399,27 @@ impl<S: RegistryStore> Worker<S> {
             }
         }
         self.stats.send_replace(report.outbox);
+        if self.fold_committed(&changes) {
+            self.inventory.send_replace(inventory_of(&self.open));
+        }
         Ok(Some(report))
+    }
+
+    /// Folds committed Changes into the open sessions; whether the inventory changed.
+    fn fold_committed(&mut self, changes: &[Change]) -> bool {
+        let mut changed = false;
+        for change in changes {
+            match change {
+                Change::Closed { session, .. } => changed |= self.open.remove(session).is_some(),
+                Change::Opened { session, seq, .. }
+                | Change::Updated { session, seq, .. }
+                | Change::Snapshot { session, seq, .. } => {
+                    changed |= self.open.insert(*session, *seq) != Some(*seq);
+                }
+                Change::Seen { .. } | Change::Conflict { .. } => {}
+            }
+        }
+        changed
     }
 
     fn publish_stats(&mut self) -> Result<(), StoreError> {

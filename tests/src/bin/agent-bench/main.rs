@@ -14,9 +14,9 @@
 //! - `arpwatch --duts N --mix mixed|v4 --seconds T`: Debian's arpwatch beside the agent while
 //!   N DUTs join and talk for T seconds (the mixed LAN, or the IPv4-only mix arpwatch can see):
 //!   devices each one found, and the CPU time of each.
-//! - `outage --events N --minutes M --devices D --rate R`: flash bytes per event over N
-//!   address changes, the drain time of N changes queued while the broker is down, and the
-//!   RSS, outbox and database through an M-minute outage with R changes/s (`outage.rs`).
+//! - `durability --changes N --outage-secs S --churn R`: bytes written and fsyncs per event
+//!   over N changes, the drain time of N changes queued in an outage, and the RSS over an
+//!   S-second outage with R changes a second (see `durability.rs`).
 //!
 //! The agent is the release build by default (`target/release/rae-agent`, which
 //! `cargo build --release -p rae-agent` makes); `--agent-bin PATH` picks another.
@@ -28,8 +28,8 @@
 mod arpwatch;
 mod bed;
 mod cpu;
+mod durability;
 mod latency;
-mod outage;
 mod rss;
 mod sniff;
 
@@ -47,10 +47,10 @@ const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options
                            softirq, agent CPU (default 20 s windows, 3 rounds)
   arpwatch [--duts N] [--mix mixed|v4] [--seconds T]
                            arpwatch beside the agent, N DUTs talking T s (default 8, mixed, 60)
-  outage   [--events N] [--minutes M] [--devices D] [--rate R]
-                           flash bytes per event, drain time after an outage with N queued,
-                           RSS through an M-minute outage at R changes/s
-                           (default 10000, 10, 100, 200)
+  durability [--changes N] [--outage-secs S] [--churn R]
+                           writes and fsyncs per event over N changes, drain of N queued
+                           changes, RSS over an S s outage with R changes/s
+                           (default 10000, 600, 50)
   --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
 
 enum Command {
@@ -69,7 +69,7 @@ enum Command {
         mix: arpwatch::Mix,
         seconds: u64,
     },
-    Outage(outage::Options),
+    Durability(durability::Options),
 }
 
 struct Args {
@@ -129,18 +129,18 @@ fn parse_args() -> Result<Args> {
                     seconds: 60,
                 })
             }
-            ("outage", None) => {
-                command = Some(Command::Outage(outage::Options {
-                    events: 10_000,
-                    minutes: 10,
-                    devices: 100,
-                    rate: 200,
+            ("durability", None) => {
+                command = Some(Command::Durability(durability::Options {
+                    changes: 10_000,
+                    outage_secs: 600,
+                    churn_per_sec: 50,
                 }))
             }
-            ("--events", Some(Command::Outage(o))) => o.events = number(&arg, it.next())?,
-            ("--minutes", Some(Command::Outage(o))) => o.minutes = number(&arg, it.next())?,
-            ("--devices", Some(Command::Outage(o))) => o.devices = number(&arg, it.next())?,
-            ("--rate", Some(Command::Outage(o))) => o.rate = number(&arg, it.next())?,
+            ("--changes", Some(Command::Durability(o))) => o.changes = number(&arg, it.next())?,
+            ("--outage-secs", Some(Command::Durability(o))) => {
+                o.outage_secs = number(&arg, it.next())?
+            }
+            ("--churn", Some(Command::Durability(o))) => o.churn_per_sec = number(&arg, it.next())?,
             ("--joins", Some(Command::Latency { joins })) => *joins = number(&arg, it.next())?,
             ("--devices", Some(Command::Rss { devices })) => {
                 let list = it.next().context("--devices needs counts, e.g. 256,1024")?;
@@ -188,6 +188,6 @@ fn run() -> Result<()> {
         Command::Rss { devices } => rss::run(&agent_bin, &devices),
         Command::Cpu { seconds, repeat } => cpu::run(&agent_bin, seconds, repeat),
         Command::Arpwatch { duts, mix, seconds } => arpwatch::run(&agent_bin, duts, mix, seconds),
-        Command::Outage(options) => outage::run(&agent_bin, &options),
+        Command::Durability(options) => durability::run(&agent_bin, &options),
     }
 }
