@@ -7,8 +7,9 @@
 //! One gap is part of the contract (DESIGN, convergence rule): when the agent's outbox
 //! coalesces a session's pending events over its quota, one Snapshot at the highest of their
 //! seqs replaces them, so a Snapshot may follow a gap (or open a session at a seq above 1); it
-//! closes the gap. Such gaps are counted in [`Stream::gaps_closed`]; any other gap is a
-//! violation.
+//! closes the gap. [`Stream::check_coalesced`] accepts such gaps and counts them in
+//! [`Stream::gaps_closed`]; [`Stream::check`], for tests where nothing may coalesce, takes
+//! every gap for a violation.
 
 use std::collections::BTreeMap;
 
@@ -37,13 +38,28 @@ pub struct Stream {
     pub events: usize,
     /// Gaps in seq that the next event, a Snapshot, closed (coalescing, see above).
     pub gaps_closed: usize,
+    /// Whether such gaps are accepted (`check_coalesced`).
+    coalescing: bool,
 }
 
 impl Stream {
     /// Checks `messages` (arrival order) and folds them; `Err` names every violation found
-    /// (at most 20, then how many more).
+    /// (at most 20, then how many more). Every gap is one.
     pub fn check(messages: &[Received]) -> Result<Stream, String> {
-        let mut stream = Stream::default();
+        Stream::check_with(messages, false)
+    }
+
+    /// [`check`](Self::check), accepting the gaps a Snapshot closes (the outbox coalesced
+    /// over its quota); they are counted in `gaps_closed`.
+    pub fn check_coalesced(messages: &[Received]) -> Result<Stream, String> {
+        Stream::check_with(messages, true)
+    }
+
+    fn check_with(messages: &[Received], coalescing: bool) -> Result<Stream, String> {
+        let mut stream = Stream {
+            coalescing,
+            ..Stream::default()
+        };
         let mut problems = Vec::new();
         for message in messages {
             let Ok(Topic::Device { session, .. }) = Topic::parse(&message.topic) else {
@@ -82,7 +98,7 @@ impl Stream {
         let seq = envelope.seq;
         let Some(folded) = self.sessions.get_mut(&session) else {
             match envelope.event {
-                Event::Snapshot { record } if seq >= 1 => {
+                Event::Snapshot { record } if seq == 1 || (seq > 1 && self.coalescing) => {
                     if seq > 1 {
                         self.gaps_closed += 1;
                     }
@@ -116,7 +132,7 @@ impl Stream {
             return;
         }
         let snapshot = matches!(envelope.event, Event::Snapshot { .. });
-        if seq > folded.last_seq + 1 && snapshot && folded.closed.is_none() {
+        if seq > folded.last_seq + 1 && snapshot && folded.closed.is_none() && self.coalescing {
             self.gaps_closed += 1;
         } else if seq != folded.last_seq + 1 {
             problems.push(format!(

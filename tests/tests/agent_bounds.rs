@@ -464,7 +464,7 @@ fn an_outage_over_the_quota_coalesces_counts_and_converges_at_the_subscriber() {
                 return Ok(Err(format!("{rows} rows still pending")));
             }
             let registry = devices(&spec, true).map_err(|e| lab_error("raectl devices", e))?;
-            let stream = match Stream::check(&watch.messages()) {
+            let stream = match Stream::check_coalesced(&watch.messages()) {
                 Ok(stream) => stream,
                 Err(problems) => return Ok(Err(format!("stream check: {problems}"))),
             };
@@ -602,7 +602,7 @@ fn a_mac_flood_during_an_outage_holds_the_quota_by_vanishing_unpublished_session
                 return Ok(Err(format!("{rows} rows still pending")));
             }
             let registry = devices(&spec, true).map_err(|e| lab_error("raectl devices", e))?;
-            let stream = match Stream::check(&watch.messages()) {
+            let stream = match Stream::check_coalesced(&watch.messages()) {
                 Ok(stream) => stream,
                 Err(problems) => return Ok(Err(format!("stream check: {problems}"))),
             };
