@@ -534,8 +534,18 @@ impl Publisher {
         match self.link {
             Link::Up { since } => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");
-                // A connection that held for a while starts the backoff over.
-                if since.elapsed() >= self.connect_backoff.max() {
+                // A connection that held for a keep-alive period (a ping exchanged, rows
+                // acknowledged) was a working one: the next outage starts the backoff over, so
+                // a second outage soon after a first is not waited out at the longest delay.
+                // One that dropped sooner (a broker that accepts and then closes) keeps it
+                // growing.
+                let keep_alive = self.settings.keep_alive;
+                let proven = if keep_alive.is_zero() {
+                    self.connect_backoff.max()
+                } else {
+                    keep_alive.min(self.connect_backoff.max())
+                };
+                if since.elapsed() >= proven {
                     self.connect_backoff.reset();
                 }
             }
