@@ -199,7 +199,7 @@ impl PacketSocket {
                 .read_timeout
                 .as_secs()
                 .try_into()
-                .unwrap_or(libc::time_t::MAX),
+                .unwrap_or(i32::MAX.into()),
             tv_usec: options.read_timeout.subsec_micros().into(),
         };
         set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
