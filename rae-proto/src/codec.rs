@@ -167,7 +167,9 @@ impl Payload for CommandReply {
             CommandReply::Ok(ReplyBody::Device(one)) => check_seqs([one]),
             CommandReply::Ok(ReplyBody::Sessions(many)) => check_seqs(many),
             CommandReply::Ok(ReplyBody::Inventory(inventory)) => inventory.check(),
-            CommandReply::Ok(ReplyBody::Done) | CommandReply::Error(_) => Ok(()),
+            CommandReply::Ok(ReplyBody::Done | ReplyBody::Pong(_)) | CommandReply::Error(_) => {
+                Ok(())
+            }
         }
     }
 }

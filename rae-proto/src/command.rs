@@ -26,15 +26,17 @@ pub enum CommandKind {
     Resync,
     Forget,
     Inventory,
+    Ping,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
+    pub const ALL: [CommandKind; 6] = [
         Self::SetAvailability,
         Self::SetEsn,
         Self::Resync,
         Self::Forget,
         Self::Inventory,
+        Self::Ping,
     ];
 
     /// The topic level naming this command.
@@ -45,6 +47,7 @@ impl CommandKind {
             Self::Resync => "resync",
             Self::Forget => "forget",
             Self::Inventory => "inventory",
+            Self::Ping => "ping",
         }
     }
 
@@ -97,7 +100,7 @@ impl FromStr for DeviceRef {
     }
 }
 
-/// A command to one RAE. Wire indices in declaration order (0 to 4); only ever appended to.
+/// A command to one RAE. Wire indices in declaration order (0 to 5); only ever appended to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandRequest {
     /// Reply: `Ok(Device)` with the session's seq after the change.
@@ -119,6 +122,8 @@ pub enum CommandRequest {
     Forget { device: DeviceRef },
     /// Publish the inventory now. Reply: `Ok(Inventory)` with the same content.
     Inventory,
+    /// wire index 5. Changes nothing. Reply: `Ok(Pong)`.
+    Ping,
 }
 
 impl CommandRequest {
@@ -129,6 +134,7 @@ impl CommandRequest {
             Self::Resync { .. } => CommandKind::Resync,
             Self::Forget { .. } => CommandKind::Forget,
             Self::Inventory => CommandKind::Inventory,
+            Self::Ping => CommandKind::Ping,
         }
     }
 }
@@ -187,6 +193,22 @@ impl CommandReply {
         })
     }
 
+    /// A command level this agent does not know (a newer requester, or a typo).
+    pub fn unknown_command(level: &str) -> Self {
+        Self::Error(CommandError {
+            kind: ErrorKind::UnknownCommand,
+            message: format!("unknown command: {level:?}"),
+        })
+    }
+
+    /// Over the agent's command rate; the requester may try again later.
+    pub fn rate_limited() -> Self {
+        Self::Error(CommandError {
+            kind: ErrorKind::RateLimited,
+            message: "too many commands; try again later".to_owned(),
+        })
+    }
+
     /// The requester learns only that the RAE failed; the cause stays in the agent's log.
     pub fn internal() -> Self {
         Self::Error(CommandError {
@@ -196,7 +218,7 @@ impl CommandReply {
     }
 }
 
-/// What a successful command returns. Wire indices in declaration order (0 to 3).
+/// What a successful command returns. Wire indices in declaration order (0 to 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplyBody {
     /// Nothing to report.
@@ -207,6 +229,19 @@ pub enum ReplyBody {
     /// The sessions the command touched, each with its latest seq.
     Sessions(Vec<SessionSeq>),
     Inventory(Inventory),
+    /// wire index 4: the answer to `Ping`.
+    Pong(Pong),
+}
+
+/// What an agent says about itself when pinged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Device sessions open in its registry.
+    pub sessions_open: u64,
 }
 
 /// A refused or failed command, as the requester sees it. `message` is meant for people outside
@@ -227,6 +262,10 @@ pub enum ErrorKind {
     BadRequest,
     /// wire index 2: the RAE failed to carry out a valid request.
     Internal,
+    /// wire index 3: the topic names a command this agent does not know.
+    UnknownCommand,
+    /// wire index 4: refused without being looked at, over the agent's command rate.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -235,6 +274,8 @@ impl ErrorKind {
             Self::UnknownDevice => "unknown_device",
             Self::BadRequest => "bad_request",
             Self::Internal => "internal",
+            Self::UnknownCommand => "unknown_command",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -273,6 +314,7 @@ mod tests {
                 device: DeviceRef::Mac(mac),
             },
             CommandRequest::Inventory,
+            CommandRequest::Ping,
         ];
         let kinds: Vec<_> = requests.iter().map(CommandRequest::kind).collect();
         assert_eq!(kinds, CommandKind::ALL);

@@ -41,7 +41,7 @@ pub mod topic;
 pub use codec::{ContentError, DecodeError, EncodeError, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 pub use command::{
     check_esn, CommandError, CommandKind, CommandReply, CommandRequest, DeviceRef,
-    DeviceRefParseError, ErrorKind, EsnError, ReplyBody, MAX_ESN_LEN,
+    DeviceRefParseError, ErrorKind, EsnError, Pong, ReplyBody, MAX_ESN_LEN,
 };
 pub use event::{AgentState, CloseReason, Envelope, Event, Inventory, SessionSeq, Status};
 pub use field::{Field, FieldId};

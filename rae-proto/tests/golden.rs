@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use rae_proto::{
     AgentState, Availability, CloseReason, CommandError, CommandReply, CommandRequest,
     DeviceRecord, DeviceRef, DialApp, DialAppState, Envelope, ErrorKind, Event, Evidence, Field,
-    Inventory, Liveness, Mac, MdnsService, Reachability, ReplyBody, Serial, SessionId, SessionSeq,
-    Status, Text, TxtEntry, UpnpDescription,
+    Inventory, Liveness, Mac, MdnsService, Pong, Reachability, ReplyBody, Serial, SessionId,
+    SessionSeq, Status, Text, TxtEntry, UpnpDescription,
 };
 
 /// A value of any payload kind. The file name's first word says which decoder reads it.
@@ -340,6 +340,23 @@ fn cases() -> Vec<(&'static str, Value)> {
                 kind: ErrorKind::Internal,
                 message: "internal error on the RAE".into(),
             })),
+        ),
+        ("request-ping", Value::Request(CommandRequest::Ping)),
+        (
+            "reply-ok-pong",
+            Value::Reply(CommandReply::Ok(ReplyBody::Pong(Pong {
+                version: "0.1.0".into(),
+                uptime_secs: 86_400,
+                sessions_open: 37,
+            }))),
+        ),
+        (
+            "reply-error-unknown-command",
+            Value::Reply(CommandReply::unknown_command("reboot")),
+        ),
+        (
+            "reply-error-rate-limited",
+            Value::Reply(CommandReply::rate_limited()),
         ),
     ]
 }
