@@ -33,6 +33,7 @@
 //! - [`daemon`]: wires the parts together (one task per I/O resource, bounded channels),
 //!   writes the status `raectl status` shows, speaks systemd's notify protocol.
 //! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
+//! - [`control`]: cloud commands and `raectl` actions, one handler in the core task.
 //! - [`ctl`]: `raectl`'s rendering of the registry database (tables and JSON).
 //! - [`log_limit`]: recurring warnings at most `log.max_per_minute` a minute per kind, the
 //!   rest counted and summarized.
@@ -45,6 +46,7 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod log_limit;
