@@ -157,8 +157,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     // Jobs to this task over one channel; `commands` decides every reply (see `control`).
     let (jobs_tx, mut jobs_rx) = control::channel();
     let mut commands = control::Handler::new(&config.control, serial, started);
-    // Until the entry points take their clones, the daemon's own keeps the channel open.
-    let _ = &jobs_tx;
 
     // From the store, not the core: it lists only committed seqs (see the store thread).
     let inventory_rx = store.inventory_watch();
@@ -175,6 +173,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         inventory_rx,
         pub_status_tx,
         shutdown.clone(),
+        Some(publish::CommandLink {
+            jobs: jobs_tx.clone(),
+            counters: commands.counters(),
+            inventory_now: commands.inventory_requests(),
+        }),
     ));
 
     let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<CapturedFrame>(FRAME_QUEUE);
