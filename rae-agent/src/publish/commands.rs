@@ -363,3 +363,188 @@ impl Commands {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use rae_proto::{DeviceRef, ErrorKind, Mac};
+
+    use super::*;
+    use crate::control::{self, JobReceiver, JOB_QUEUE};
+
+    const OWN_REPLY: &str = "rae/v1/RAE-T/reply/ci";
+
+    fn commands() -> (Commands, JobReceiver, Arc<CommandCounters>) {
+        let (jobs, receiver) = control::channel();
+        let counters = Arc::new(CommandCounters::default());
+        let link = CommandLink {
+            jobs,
+            counters: counters.clone(),
+            inventory_now: Arc::new(Notify::new()),
+        };
+        let serial = Serial::new("RAE-T").expect("serial");
+        (Commands::new(link, serial), receiver, counters)
+    }
+
+    fn publish(
+        level: &str,
+        payload: Vec<u8>,
+        response: Option<&str>,
+        correlation: &[u8],
+    ) -> Publish {
+        let properties = PublishProperties {
+            response_topic: response.map(str::to_owned),
+            correlation_data: Some(correlation.to_vec().into()),
+            ..PublishProperties::default()
+        };
+        Publish::new(
+            format!("rae/v1/RAE-T/cmd/{level}"),
+            QoS::AtLeastOnce,
+            payload,
+            Some(properties),
+        )
+    }
+
+    fn ping() -> Vec<u8> {
+        CommandRequest::Ping.encode().expect("encodes")
+    }
+
+    /// The one reply queued, with where it goes.
+    fn only_reply(c: &mut Commands) -> (ReplyTo, CommandReply) {
+        assert_eq!(c.ready.len(), 1, "one reply queued: {:?}", c.ready);
+        c.ready.pop_front().expect("a reply")
+    }
+
+    fn kind(reply: &CommandReply) -> Option<ErrorKind> {
+        match reply {
+            CommandReply::Error(e) => Some(e.kind),
+            CommandReply::Ok(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_good_request_becomes_a_job_from_its_requester() {
+        let (mut c, mut jobs, counters) = commands();
+        let request = CommandRequest::Forget {
+            device: DeviceRef::Mac(Mac([2, 0, 0, 0, 0, 1])),
+        };
+        let payload = request.encode().expect("encodes");
+        c.incoming(&publish("forget", payload, Some(OWN_REPLY), b"k1"));
+        let job = jobs.try_recv().expect("a job");
+        assert_eq!(job.request, request);
+        assert_eq!(
+            job.origin,
+            Origin::Cloud {
+                requester: RequesterId::new("ci").expect("id"),
+                correlation: b"k1".to_vec(),
+            }
+        );
+        assert!(c.ready.is_empty());
+        job.reply
+            .send(CommandReply::internal())
+            .expect("the publisher waits");
+        let CommandEvent::Answered(to, reply) = Commands::next(&mut Some(c)).await else {
+            panic!("an answer");
+        };
+        assert_eq!(to.topic, OWN_REPLY);
+        assert_eq!(to.correlation, b"k1");
+        assert_eq!(reply, Some(CommandReply::internal()));
+        assert_eq!(counters.received_cloud.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_become_a_job_is_answered_here_with_its_kind() {
+        let (mut c, mut jobs, counters) = commands();
+        let cases: [(Publish, ErrorKind); 5] = [
+            (
+                publish("reboot", ping(), Some(OWN_REPLY), b"a"),
+                ErrorKind::UnknownCommand,
+            ),
+            (
+                publish("ping", vec![1, 0xff, 0xff], Some(OWN_REPLY), b"b"),
+                ErrorKind::BadRequest,
+            ),
+            (
+                publish("forget", ping(), Some(OWN_REPLY), b"c"),
+                ErrorKind::BadRequest,
+            ),
+            (
+                publish(
+                    "ping",
+                    ping(),
+                    Some(OWN_REPLY),
+                    &[0; MAX_CORRELATION_BYTES + 1],
+                ),
+                ErrorKind::BadRequest,
+            ),
+            (
+                Publish {
+                    retain: true,
+                    ..publish("ping", ping(), Some(OWN_REPLY), b"e")
+                },
+                ErrorKind::BadRequest,
+            ),
+        ];
+        for (request, expected) in cases {
+            c.incoming(&request);
+            let (to, reply) = only_reply(&mut c);
+            assert_eq!(kind(&reply), Some(expected), "{request:?}");
+            assert_eq!(to.topic, OWN_REPLY);
+        }
+        assert!(jobs.try_recv().is_err(), "no job");
+        assert_eq!(counters.error_unknown_command.load(Relaxed), 1);
+        assert_eq!(counters.error_bad_request.load(Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_response_topic_outside_own_reply_gets_nothing_and_is_counted() {
+        let (mut c, mut jobs, counters) = commands();
+        for response in [
+            Some("rae/v1/OTHER/reply/ci"),
+            Some("rae/v1/RAE-T/status"),
+            Some("elsewhere/entirely"),
+            None,
+        ] {
+            c.incoming(&publish("ping", ping(), response, b"x"));
+        }
+        assert!(c.ready.is_empty(), "no reply");
+        assert!(jobs.try_recv().is_err(), "no job");
+        assert_eq!(counters.bad_response_topic.load(Relaxed), 4);
+        assert_eq!(counters.received_cloud.load(Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_full_job_queue_refuses_without_waiting() {
+        let (mut c, _jobs, counters) = commands();
+        for i in 0..=JOB_QUEUE {
+            c.incoming(&publish("ping", ping(), Some(OWN_REPLY), &i.to_be_bytes()));
+        }
+        let (_, reply) = only_reply(&mut c);
+        assert_eq!(kind(&reply), Some(ErrorKind::RateLimited));
+        assert_eq!(counters.queue_full.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_refused_subscription_is_counted_and_a_granted_one_shown() {
+        let (mut c, _jobs, counters) = commands();
+        let ack = |code| SubAck {
+            pkid: 1,
+            return_codes: vec![code],
+            properties: None,
+        };
+        c.suback(&ack(SubscribeReasonCode::NotAuthorized));
+        assert_eq!(counters.subscribe_refused.load(Relaxed), 1);
+        assert!(!counters.subscribed.load(Relaxed));
+        c.suback(&ack(SubscribeReasonCode::Success(QoS::AtLeastOnce)));
+        assert!(counters.subscribed.load(Relaxed));
+        c.lost();
+        assert!(
+            !counters.subscribed.load(Relaxed),
+            "not after the connection is gone"
+        );
+        let entries = counters.entries();
+        assert!(entries.contains(&("command.subscribe_refused".to_owned(), "1".to_owned())));
+        assert!(entries.contains(&("command.subscribed".to_owned(), "no".to_owned())));
+    }
+}
