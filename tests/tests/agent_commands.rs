@@ -32,7 +32,7 @@ const REQUESTER: &str = "lab-ci";
 
 struct Bed {
     lab: Lab,
-    _broker: Mosquitto,
+    broker: Mosquitto,
     watch: MqttWatch,
     spec: AgentSpec,
     agent: Agent,
@@ -71,7 +71,7 @@ fn bed(control: &str) -> Bed {
         .unwrap_or_else(|e| panic!("starting the requester: {e}"));
     Bed {
         lab,
-        _broker: broker,
+        broker,
         watch,
         spec,
         agent,
@@ -603,4 +603,45 @@ fn a_burst_over_the_rate_gets_rate_limited_replies_and_no_effect() {
     assert_eq!(sessions(&retried)[0].seq, before + done.len() as u64 + 1);
     bed.agent.ensure_running().expect("the agent keeps running");
     bed.check_stream();
+}
+
+#[test]
+fn commands_are_taken_again_after_the_broker_restarts() {
+    let mut bed = bed("");
+    let (tv, tv_session) = bed.dut("cmd-again", 15);
+    // A clean start: the broker forgets the subscription with the connection, so the agent
+    // must subscribe again on the next one.
+    bed.broker.stop().expect("stopping mosquitto");
+    bed.broker.start_again().expect("starting mosquitto again");
+    wait_until("the agent reconnected and subscribed again", WAIT, || {
+        let status = status(&bed.spec);
+        let reconnects = status["status"]["broker"]["reconnects"].clone();
+        let subscribed = status["status"]["command"]["subscribed"].clone();
+        let again = reconnects.as_str().and_then(|r| r.parse::<u64>().ok()) >= Some(1)
+            && subscribed == "yes";
+        Ok(again
+            .then_some(())
+            .ok_or(format!("reconnects {reconnects}, subscribed {subscribed}")))
+    })
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", bed.agent.log_tail()));
+    // The old requester's subscription went with the broker too: a new one.
+    let requester = Requester::start(bed.broker.host(), bed.broker.port(), SERIAL, "lab-ci-2")
+        .unwrap_or_else(|e| panic!("starting the requester: {e}"));
+    let reply = requester
+        .request(
+            &CommandRequest::SetAvailability {
+                device: DeviceRef::Mac(tv),
+                availability: Availability::Maintenance,
+            },
+            b"after-restart",
+            REPLY,
+        )
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", bed.agent.log_tail()));
+    assert_eq!(device(&reply).session, tv_session);
+    let shown = bed.show(tv);
+    assert!(
+        shown.contains("availability set to maintenance (by cloud:lab-ci-2)"),
+        "raectl show:\n{shown}"
+    );
+    bed.agent.ensure_running().expect("the agent runs");
 }
