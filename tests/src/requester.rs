@@ -5,7 +5,7 @@
 //! Besides well-formed requests it sends whatever a test needs to see refused: any bytes on
 //! any `cmd/` level, with any Response Topic or none.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::oneshot;
 
-use crate::netlab::{wait_until, LabError, Result};
+use crate::netlab::{LabError, Result};
 
 /// One reply as it arrived.
 #[derive(Clone, Debug)]
@@ -38,7 +38,8 @@ pub struct Requester {
     serial: String,
     reply_topic: String,
     client: AsyncClient,
-    replies: Arc<Mutex<Vec<Reply>>>,
+    /// Every reply so far; the condvar wakes waiters at each new one.
+    replies: Arc<(Mutex<Vec<Reply>>, Condvar)>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,7 +49,7 @@ impl Requester {
     /// `rae/v1/{serial}/reply/{requester}`; returns once the SUBACK came.
     pub fn start(host: &str, port: u16, serial: &str, requester: &str) -> Result<Requester> {
         let reply_topic = format!("rae/v1/{serial}/reply/{requester}");
-        let replies = Arc::new(Mutex::new(Vec::new()));
+        let replies = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
         let mut options = MqttOptions::new(format!("requester-{requester}"), host, port);
@@ -99,7 +100,9 @@ impl Requester {
                                         payload: p.payload.to_vec(),
                                         at: Instant::now(),
                                     };
-                                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(reply);
+                                    let (list, arrived) = &*sink;
+                                    list.lock().unwrap_or_else(|e| e.into_inner()).push(reply);
+                                    arrived.notify_all();
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
@@ -189,6 +192,7 @@ impl Requester {
     /// Every reply so far, in arrival order.
     pub fn replies(&self) -> Vec<Reply> {
         self.replies
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -202,20 +206,32 @@ impl Requester {
             .collect()
     }
 
-    /// Waits up to `timeout` for the first reply carrying `correlation`.
+    /// Waits up to `timeout` for the first reply carrying `correlation`; woken by each reply
+    /// as it arrives (no polling delay, so round trips can be timed with it).
     pub fn wait_reply(&self, correlation: &[u8], timeout: Duration) -> Result<Reply> {
-        wait_until(
-            format!("a reply with correlation data {correlation:02x?}"),
-            timeout,
-            || {
-                let replies = self.replies();
-                Ok(replies
-                    .iter()
-                    .find(|r| r.correlation.as_deref() == Some(correlation))
-                    .cloned()
-                    .ok_or_else(|| format!("{} replies so far", replies.len())))
-            },
-        )
+        let start = Instant::now();
+        let (list, arrived) = &*self.replies;
+        let mut replies = list.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(found) = replies
+                .iter()
+                .find(|r| r.correlation.as_deref() == Some(correlation))
+            {
+                return Ok(found.clone());
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(LabError::Timeout {
+                    what: format!("a reply with correlation data {correlation:02x?}"),
+                    waited,
+                    last: format!("{} replies so far", replies.len()),
+                });
+            }
+            replies = arrived
+                .wait_timeout(replies, timeout - waited)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Sends `request` and waits for its reply, decoded.
