@@ -6,6 +6,9 @@
 //! This module holds the interface the two entry points share; the handler, the socket server
 //! and the MQTT side live in its submodules.
 
+pub mod frame;
+pub mod socket;
+
 use rae_proto::{CommandReply, CommandRequest, RequesterId};
 use tokio::sync::{mpsc, oneshot};
 
