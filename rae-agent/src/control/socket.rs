@@ -202,12 +202,13 @@ impl SocketCounters {
     }
 }
 
-/// The running server.
+/// The running server. Dropping it ends the server too (a start-up that fails later leaves
+/// no socket behind).
 #[derive(Debug)]
 pub struct ControlSocket {
     path: PathBuf,
     counters: Arc<SocketCounters>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl ControlSocket {
@@ -224,12 +225,22 @@ impl ControlSocket {
         self.counters.entries(&self.path)
     }
 
-    /// Ends the server now: open connections are dropped (their peers see the close), the
-    /// socket file is removed. Called once the core loop has ended, so no reply is lost that
-    /// could still have been given.
-    pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    /// Ends the server now and waits until it has: open connections are dropped (their peers
+    /// see the close), the socket file is removed. Called once the core loop has ended, so no
+    /// reply is lost that could still have been given.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -256,7 +267,7 @@ pub fn serve(
     Ok(ControlSocket {
         path,
         counters,
-        task,
+        task: Some(task),
     })
 }
 
