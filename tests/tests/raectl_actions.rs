@@ -8,7 +8,7 @@
 //! exit 1; refused frames are counted in `raectl status`. Without a running agent (killed,
 //! leaving its socket file, or stopped cleanly, removing it) every action prints one line
 //! saying so and exits 2; a restart replaces the stale socket, a second agent on the same
-//! socket does not start.
+//! socket does not start, nor one whose `agent.control_group` does not exist.
 //!
 //! Needs root (network namespaces, AF_PACKET, setpriv to run raectl as `nobody`), iproute2,
 //! dnsmasq, mosquitto, util-linux's setpriv; and the workspace built (`cargo build`).
@@ -527,6 +527,34 @@ fn without_a_running_agent_every_action_says_so_and_exits_2() {
         &spec,
         &format!("rae-agent is not running (no control socket at {socket})"),
     );
+
+    // An unknown control group stops the start with a line that names it; --check-config
+    // says the same.
+    let mut unknown = spec.clone();
+    unknown.control_group = Some("rae-no-such-group".into());
+    let mut refused = Agent::start(&unknown).unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the agent with an unknown group to stop", WAIT, || {
+        Ok(match refused.ensure_running() {
+            Err(_) => Ok(()),
+            Ok(()) => Err(refused.log_tail()),
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let line = "agent.control_group \"rae-no-such-group\": no such group on this system";
+    assert!(refused.log().contains(line), "{}", refused.log());
+    assert!(!spec.control_socket.exists(), "no socket was left");
+    let check = Command::new(workspace_binary("rae-agent").unwrap_or_else(|e| panic!("{e}")))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(unknown.state_dir.join("config.toml"))
+        .output()
+        .expect("rae-agent --check-config");
+    assert_eq!(check.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stderr),
+        format!("rae-agent: {line}\n")
+    );
+    std::fs::write(spec.state_dir.join("config.toml"), spec.toml()).expect("config written");
 
     let (agent, _) = Agent::start_online(&spec, &watch, WAIT).unwrap_or_else(|e| panic!("{e}"));
     ctl(&spec, &["ping"]).expect_ok("ping");
