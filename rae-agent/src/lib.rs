@@ -41,8 +41,7 @@
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
-//! Limitations: no cloud commands yet (nothing subscribes to `cmd/`); no MQTT
-//! TLS (a configured `[mqtt.tls]` is refused at start).
+//! Limitations: no MQTT TLS (a configured `[mqtt.tls]` is refused at start).
 
 pub mod capture;
 pub mod clock;

@@ -47,6 +47,8 @@ pub struct AgentSpec {
     pub control_socket: PathBuf,
     /// `agent.control_group`; the agent's default (its own group) when `None`.
     pub control_group: Option<String>,
+    /// More tables appended to the config (e.g. `[control]`).
+    pub extra_toml: String,
 }
 
 impl AgentSpec {
@@ -82,6 +84,7 @@ impl AgentSpec {
             probes_per_sec: None,
             control_socket: state_dir.join("control.sock"),
             control_group: None,
+            extra_toml: String::new(),
         }
     }
 
@@ -106,7 +109,7 @@ impl AgentSpec {
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
              [probe]\nssdp = {}\nssdp_search_interval_secs = {}\nmdns = {}\nmdns_query_interval_secs = {}\n{}\
-             [log]\nlevel = {:?}\n",
+             [log]\nlevel = {:?}\n{}",
             self.serial,
             self.interface,
             self.state_dir.display().to_string(),
@@ -129,6 +132,7 @@ impl AgentSpec {
             self.mdns_query_interval_secs,
             probe,
             self.log_level,
+            self.extra_toml,
         )
     }
 

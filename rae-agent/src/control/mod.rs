@@ -3,8 +3,10 @@
 //! [`Job`] to the core task over one channel, and one handler there decides every reply, so a
 //! command reads the same whichever way it came (DESIGN section 4, "control").
 //!
-//! This module holds the interface the two entry points share; the handler, the socket server
-//! and the MQTT side live in its submodules.
+//! This module holds the interface the two entry points share and the [`handler`] (with its
+//! duplicate cache `dedup.rs`, its token bucket `rate.rs` and the shared [`counters`]). The
+//! MQTT side lives with the connection's owner, in `crate::publish` (`commands.rs`); the
+//! socket server for `raectl` is its own part.
 
 pub mod counters;
 mod dedup;

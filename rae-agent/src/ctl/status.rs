@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 10] = [
+const SECTIONS: [(&str, &str, &str); 11] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -37,12 +37,17 @@ const SECTIONS: [(&str, &str, &str); 10] = [
     ("publish.", "publish", "publisher"),
     ("registry.", "registry", "registry core"),
     ("probe.", "probe", "probes"),
-    ("log.", "log", "log lines suppressed by the per-kind limit"),
+    (
+        "command.",
+        "command",
+        "commands (cloud cmd/ topics and raectl actions)",
+    ),
     (
         "control.",
         "control",
         "control socket (raectl actions: connections, refusals)",
     ),
+    ("log.", "log", "log lines suppressed by the per-kind limit"),
     (
         "store.",
         "store",

@@ -160,8 +160,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     // Jobs to this task over one channel; `commands` decides every reply (see `control`).
     let (jobs_tx, mut jobs_rx) = control::channel();
     let mut commands = control::Handler::new(&config.control, serial, started);
-    // Until the entry points take their clones, the daemon's own keeps the channel open.
-    let _ = &jobs_tx;
     // `raectl` actions. Claimed before the capture starts: a second agent on the same paths
     // stops here.
     let control_socket = control::socket::serve(
@@ -185,6 +183,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         inventory_rx,
         pub_status_tx,
         shutdown.clone(),
+        Some(publish::CommandLink {
+            jobs: jobs_tx.clone(),
+            counters: commands.counters(),
+            inventory_now: commands.inventory_requests(),
+        }),
     ));
 
     let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<CapturedFrame>(FRAME_QUEUE);

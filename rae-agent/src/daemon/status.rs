@@ -1,7 +1,8 @@
 //! The status entries the daemon writes for `raectl status`: `agent.*`, `capture.*`,
 //! `parse.drop.<reason>`, `registry.*` (the session cap included), `probe.*`, `log.*` (lines
 //! the per-kind log limit suppressed, see [`crate::log_limit`]); the publisher adds `broker.*` and
-//! `publish.*` (see [`crate::publish::PublisherStatus::entries`]). The store writes
+//! `publish.*` (see [`crate::publish::PublisherStatus::entries`]); `command.*` come from the
+//! counters the command handler and its entry points share ([`crate::control::CommandCounters`]). The store writes
 //! `store.recovered_*` once, into the fresh database, when it replaced a damaged one (see
 //! [`crate::store::Recovery::status_entries`]); they stay until the next recovery.
 
