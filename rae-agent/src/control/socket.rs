@@ -392,21 +392,38 @@ fn check_existing(path: &Path) -> Result<(), ControlError> {
             path: path.to_owned(),
         });
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(ControlError::InUse {
+    match probe_connect(path) {
+        // EAGAIN: a listener whose backlog is full, so alive.
+        Ok(()) | Err(nix::Error::EAGAIN) => Err(ControlError::InUse {
             path: path.to_owned(),
         }),
-        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
-            info!(path = %path.display(), "replacing the control socket an earlier run left behind");
-            Ok(())
-        }
-        // Removed between the two looks.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ControlError::Probe {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(errno) => match io::Error::from(errno) {
+            err if err.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "replacing the control socket an earlier run left behind");
+                Ok(())
+            }
+            // Removed between the two looks.
+            err if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            source => Err(ControlError::Probe {
+                path: path.to_owned(),
+                source,
+            }),
+        },
     }
+}
+
+/// A non-blocking connect to `path`: a blocking one would wait on a live listener whose
+/// backlog is full (a stuck agent) and hang this start-up.
+fn probe_connect(path: &Path) -> Result<(), nix::Error> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
 }
 
 async fn accept_loop(

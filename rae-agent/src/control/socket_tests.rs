@@ -390,3 +390,38 @@ async fn the_socket_takes_the_configured_group_and_an_unknown_one_stops_the_star
         "no socket is created"
     );
 }
+
+#[tokio::test]
+async fn a_live_socket_with_a_full_backlog_is_refused_without_waiting() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("run/control.sock");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    // A stuck agent: listening, never accepting. Its backlog is filled until EAGAIN.
+    let _stuck = std::os::unix::net::UnixListener::bind(&path).expect("bound");
+    let addr = UnixAddr::new(&path).expect("address");
+    let mut held = Vec::new();
+    let full = (0..100_000).any(|_| {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("socket");
+        let refused =
+            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) == Err(nix::Error::EAGAIN);
+        held.push(fd);
+        refused
+    });
+    assert!(
+        full,
+        "the backlog never filled after {} connects",
+        held.len()
+    );
+    let (jobs_tx, _jobs_rx) = crate::control::channel();
+    let (_stop, stop_rx) = watch::channel(false);
+    let err = serve(&settings(&dir, SocketLimits::default()), jobs_tx, stop_rx)
+        .expect_err("a live socket is refused");
+    assert!(matches!(err, ControlError::InUse { .. }), "{err:?}");
+}

@@ -44,6 +44,11 @@ pub enum ActionError {
     #[error("permission denied on the control socket {path}: {who}")]
     PermissionDenied { path: PathBuf, who: String },
     #[error(
+        "rae-agent is not taking connections on the control socket {path} (its queue is \
+         full: it may be stuck; see `journalctl -u rae-agent`)"
+    )]
+    Busy { path: PathBuf },
+    #[error(
         "rae-agent did not reply within {} (control socket {path}); the action may still \
          take effect: check with `raectl show`",
         duration_ms(i64::try_from(waited.as_millis()).unwrap_or(i64::MAX))
@@ -168,23 +173,47 @@ pub fn send(
     }
 }
 
+/// Connects without blocking: a blocking connect would wait, past any timeout, on an agent
+/// whose backlog is full (stuck); that is [`ActionError::Busy`] instead.
 fn connect(path: &Path) -> Result<UnixStream, ActionError> {
-    UnixStream::connect(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ActionError::NoSocket {
-            path: path.to_owned(),
-        },
-        io::ErrorKind::ConnectionRefused => ActionError::Refused {
-            path: path.to_owned(),
-        },
-        io::ErrorKind::PermissionDenied => ActionError::PermissionDenied {
-            path: path.to_owned(),
-            who: who_may(path),
-        },
-        _ => ActionError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let io_err = |source: io::Error| ActionError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|errno| io_err(errno.into()))?;
+    let addr = UnixAddr::new(path).map_err(|errno| io_err(errno.into()))?;
+    if let Err(errno) = nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+        if errno == nix::Error::EAGAIN {
+            return Err(ActionError::Busy {
+                path: path.to_owned(),
+            });
+        }
+        let source = io::Error::from(errno);
+        return Err(match source.kind() {
+            io::ErrorKind::NotFound => ActionError::NoSocket {
+                path: path.to_owned(),
+            },
+            io::ErrorKind::ConnectionRefused => ActionError::Refused {
+                path: path.to_owned(),
+            },
+            io::ErrorKind::PermissionDenied => ActionError::PermissionDenied {
+                path: path.to_owned(),
+                who: who_may(path),
+            },
+            _ => io_err(source),
+        });
+    }
+    let stream = UnixStream::from(fd);
+    // Reads and writes block, bounded by the timeouts `send` sets.
+    stream.set_nonblocking(false).map_err(io_err)?;
+    Ok(stream)
 }
 
 /// Who may use the socket, from its group (or its directory's, when this user cannot even
@@ -319,7 +348,7 @@ pub fn error_json(request: &CommandRequest, err: &ActionError) -> Value {
             match other {
                 ActionError::NoSocket { .. } | ActionError::Refused { .. } => "not_running",
                 ActionError::PermissionDenied { .. } => "permission_denied",
-                ActionError::Timeout { .. } => "timeout",
+                ActionError::Timeout { .. } | ActionError::Busy { .. } => "timeout",
                 ActionError::NoReply { .. } => "no_reply",
                 ActionError::BadReply { .. } => "bad_reply",
                 ActionError::Config(_) => "config",

@@ -244,9 +244,13 @@ fn raectl_speaks_to_the_real_server() {
             let socket = crate::control::socket::serve(&settings, jobs, stop_rx).expect("serve");
             ready_tx.send(()).expect("ready");
             loop {
+                // The server drops its sender when it sees the stop too.
                 let job = tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
-                    job = rx.recv() => job.expect("the server holds a sender"),
+                    job = rx.recv() => match job {
+                        Some(job) => job,
+                        None => break,
+                    },
                 };
                 let reply = match job.request {
                     CommandRequest::Ping => CommandReply::Ok(ReplyBody::Pong(Pong {
@@ -283,4 +287,26 @@ fn raectl_speaks_to_the_real_server() {
     server.join().expect("server thread");
     let err = send(&path, &CommandRequest::Ping, Duration::from_secs(1)).expect_err("stopped");
     assert_eq!(err.exit_code(), 2, "{err}");
+}
+
+#[test]
+fn a_stuck_agent_with_a_full_backlog_is_busy_not_a_hang() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("control.sock");
+    let _stuck = UnixListener::bind(&path).expect("bound");
+    // Fill its backlog with connections nobody accepts, until raectl's connect is refused.
+    let mut held = Vec::new();
+    let err = (0..100_000)
+        .find_map(|_| match connect(&path) {
+            Ok(stream) => {
+                held.push(stream);
+                None
+            }
+            Err(err) => Some(err),
+        })
+        .expect("the backlog fills");
+    assert!(matches!(err, ActionError::Busy { .. }), "{err:?}");
+    assert_eq!(err.exit_code(), 1);
+    let err = send(&path, &CommandRequest::Ping, Duration::from_secs(1)).expect_err("busy");
+    assert!(matches!(err, ActionError::Busy { .. }), "{err:?}");
 }
