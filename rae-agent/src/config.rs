@@ -46,6 +46,11 @@ pub struct AgentConfig {
     /// The Unix socket `raectl` sends actions to.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// The group the control socket belongs to (mode 0660): its members may run `raectl`
+    /// actions. Resolved by name at start-up (an unknown group stops the start); unset: the
+    /// agent's own group.
+    #[serde(default)]
+    pub control_group: Option<String>,
     /// How often the counters `raectl status` shows are written to the registry database.
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: u64,
@@ -478,6 +483,16 @@ impl Config {
                 format!("{iface:?} is not a Linux interface name"),
             );
         }
+        if let Some(group) = &self.agent.control_group {
+            // The name itself is looked up at start-up (the groups of the RAE, not of the
+            // machine that checks the file).
+            if group.is_empty() || group.contains(':') || group.chars().any(char::is_whitespace) {
+                return invalid(
+                    "agent.control_group",
+                    format!("{group:?} is not a group name"),
+                );
+            }
+        }
         if self.agent.status_interval_secs == 0 {
             return invalid("agent.status_interval_secs", "must be at least 1".into());
         }
@@ -632,6 +647,7 @@ impl Config {
                 lan_interface: "replay".to_owned(),
                 state_dir: default_state_dir(),
                 control_socket: default_control_socket(),
+                control_group: None,
                 status_interval_secs: default_status_interval_secs(),
             },
             mqtt: MqttConfig {
@@ -675,8 +691,12 @@ impl fmt::Display for Config {
         writeln!(f, "state dir           {}", self.agent.state_dir.display())?;
         writeln!(
             f,
-            "control socket      {}",
-            self.agent.control_socket.display()
+            "control socket      {} (mode 0660, group {})",
+            self.agent.control_socket.display(),
+            self.agent
+                .control_group
+                .as_deref()
+                .unwrap_or("of the agent's user")
         )?;
         writeln!(
             f,

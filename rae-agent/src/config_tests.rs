@@ -246,3 +246,18 @@ fn a_send_buffer_out_of_range_is_refused() {
     let text = MINIMAL.replace("[mqtt]", "[mqtt]\ntcp_send_buffer_bytes = \"big\"");
     assert!(Config::parse(&text).is_err(), "not a number");
 }
+
+#[test]
+fn the_control_group_is_a_name_and_unset_by_default() {
+    let config = parse_valid(MINIMAL).expect("minimal config is valid");
+    assert_eq!(config.agent.control_group, None);
+    let with =
+        |group: &str| MINIMAL.replace("[mqtt]", &format!("control_group = {group:?}\n[mqtt]"));
+    let config = parse_valid(&with("rae-ops")).expect("a group name is valid");
+    assert_eq!(config.agent.control_group.as_deref(), Some("rae-ops"));
+    for bad in ["", "rae ops", "rae:ops"] {
+        expect_invalid(&with(bad), "agent.control_group");
+    }
+    let text = MINIMAL.replace("[mqtt]", "control_group = 1000\n[mqtt]");
+    assert!(Config::parse(&text).is_err(), "a gid is not a group name");
+}

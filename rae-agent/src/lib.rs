@@ -33,16 +33,15 @@
 //! - [`daemon`]: wires the parts together (one task per I/O resource, bounded channels),
 //!   writes the status `raectl status` shows, speaks systemd's notify protocol.
 //! - [`replay`]: `rae-agent --pcap FILE`, the same parsers and core over a capture file.
-//! - [`control`]: cloud commands and `raectl` actions, one handler in the core task.
+//! - [`control`]: cloud commands and `raectl` actions, one handler in the core task; the
+//!   control Unix socket `raectl` talks to (mode 0660, bounded, refusals counted).
 //! - [`ctl`]: `raectl`'s rendering of the registry database (tables and JSON).
 //! - [`log_limit`]: recurring warnings at most `log.max_per_minute` a minute per kind, the
 //!   rest counted and summarized.
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
-//! Limitations: no control socket yet (`raectl` only reads; cloud commands arrive over MQTT,
-//! see [`publish`] and [`control`]); no MQTT TLS (a configured `[mqtt.tls]` is refused at
-//! start).
+//! Limitations: no MQTT TLS (a configured `[mqtt.tls]` is refused at start).
 
 pub mod capture;
 pub mod clock;

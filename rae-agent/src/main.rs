@@ -78,6 +78,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        // The group is looked up on this machine, as the start would.
+        if let Some(group) = &config.agent.control_group {
+            if let Err(err) = rae_agent::control::socket::resolve_group(group) {
+                eprintln!("rae-agent: {}", error_chain(&err));
+                return ExitCode::from(2);
+            }
+        }
         println!(
             "{}: configuration is valid\n{config}",
             args.config.display()

@@ -43,6 +43,10 @@ pub struct AgentSpec {
     pub max_sessions: Option<u64>,
     pub outbox_max_bytes: Option<u64>,
     pub probes_per_sec: Option<u32>,
+    /// `agent.control_socket`; `for_lab` puts it in the state dir.
+    pub control_socket: PathBuf,
+    /// `agent.control_group`; the agent's default (its own group) when `None`.
+    pub control_group: Option<String>,
     /// More tables appended to the config (e.g. `[control]`).
     pub extra_toml: String,
 }
@@ -78,6 +82,8 @@ impl AgentSpec {
             max_sessions: None,
             outbox_max_bytes: None,
             probes_per_sec: None,
+            control_socket: state_dir.join("control.sock"),
+            control_group: None,
             extra_toml: String::new(),
         }
     }
@@ -92,9 +98,13 @@ impl AgentSpec {
             self.outbox_max_bytes.map(|v| v.to_string()),
         );
         let probe = optional("max_per_sec", self.probes_per_sec.map(|v| v.to_string()));
+        let control_group = optional(
+            "control_group",
+            self.control_group.as_ref().map(|g| format!("{g:?}")),
+        );
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
-             control_socket = {:?}\nstatus_interval_secs = {}\n\
+             control_socket = {:?}\n{}status_interval_secs = {}\n\
              [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n{}\n\
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
@@ -103,7 +113,8 @@ impl AgentSpec {
             self.serial,
             self.interface,
             self.state_dir.display().to_string(),
-            self.state_dir.join("control.sock").display().to_string(),
+            self.control_socket.display().to_string(),
+            control_group,
             self.status_interval_secs,
             self.mqtt_host,
             self.mqtt_port,

@@ -10,8 +10,10 @@
 
 pub mod counters;
 mod dedup;
+pub mod frame;
 pub mod handler;
 mod rate;
+pub mod socket;
 
 pub use counters::CommandCounters;
 pub use handler::Handler;

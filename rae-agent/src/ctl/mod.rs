@@ -1,4 +1,5 @@
-//! The read side of `raectl`: renders the registry database for operators (tables and JSON).
+//! `raectl`'s library: renders the registry database for operators (tables and JSON), and
+//! sends actions to the running agent.
 //!
 //! Parts:
 //! - `locate`: which database to read (`--db`, `--state-dir`, the agent's config, the default)
@@ -9,9 +10,14 @@
 //!   what [`StoreReader`](crate::store::StoreReader) returned and `now_ms`, giving text for a
 //!   terminal or a [`serde_json::Value`].
 //!
+//! - [`action`]: the actions (`set`, `esn`, `resync`, `forget`, `ping`): one request to the
+//!   running agent over its control socket, the reply as a line or JSON. raectl never writes
+//!   the database.
+//!
 //! Limitations: times are shown in UTC only; column widths count characters, so East Asian
 //! wide characters in a hostname misalign the table by their extra width.
 
+pub mod action;
 mod devices;
 mod events;
 mod format;

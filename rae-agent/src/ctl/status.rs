@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 10] = [
+const SECTIONS: [(&str, &str, &str); 11] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -41,6 +41,11 @@ const SECTIONS: [(&str, &str, &str); 10] = [
         "command.",
         "command",
         "commands (cloud cmd/ topics and raectl actions)",
+    ),
+    (
+        "control.",
+        "control",
+        "control socket (raectl actions: connections, refusals)",
     ),
     ("log.", "log", "log lines suppressed by the per-kind limit"),
     (
@@ -315,6 +320,27 @@ registry core
         assert_eq!(json["status"]["log"]["suppressed"], "30");
         assert_eq!(json["status"]["registry"]["max_sessions"], "4096");
         assert_eq!(json["counters"]["outbox_vanished_sessions"], 3);
+    }
+
+    #[test]
+    fn the_control_socket_counters_have_their_section() {
+        let report = report(vec![
+            entry("control.socket", "/run/rae-agent/control.sock", 50_000),
+            entry("control.oversize", "2", 50_000),
+            entry("control.refused_busy", "1", 50_000),
+        ]);
+        let text = status_text(&report, Path::new("/db"), 60_000);
+        assert!(
+            text.contains("\ncontrol socket (raectl actions: connections, refusals)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  oversize      2"), "{text}");
+        let json = status_json(&report, Path::new("/db"), 60_000);
+        assert_eq!(json["status"]["control"]["refused_busy"], "1");
+        assert_eq!(
+            json["status"]["control"]["socket"],
+            "/run/rae-agent/control.sock"
+        );
     }
 
     #[test]

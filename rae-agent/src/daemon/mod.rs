@@ -18,7 +18,8 @@
 //! Commands (cloud and `raectl`) come in as `control::Job`s over one channel and are carried
 //! out here, by `control::Handler`, between frames: an effect is an ordinary Change.
 //!
-//! Limitations: the control socket for `raectl` actions is not there yet.
+//! `raectl` actions come in over the control Unix socket (`control::socket`), which is
+//! claimed at start-up (a second agent on the same socket stops there) and removed at the end.
 
 pub mod engine;
 mod mdns;
@@ -81,6 +82,8 @@ pub enum DaemonError {
     Probe(#[from] ProbeError),
     #[error("publisher")]
     Publish(#[from] PublishError),
+    #[error("control socket")]
+    Control(#[from] control::socket::ControlError),
     #[error("the capture thread stopped on its own")]
     CaptureGone,
     #[error("the publisher's supervisor stopped on its own: {0}")]
@@ -157,6 +160,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     // Jobs to this task over one channel; `commands` decides every reply (see `control`).
     let (jobs_tx, mut jobs_rx) = control::channel();
     let mut commands = control::Handler::new(&config.control, serial, started);
+    // `raectl` actions. Claimed before the capture starts: a second agent on the same paths
+    // stops here.
+    let control_socket = control::socket::serve(
+        &control::socket::SocketSettings::from_config(&config),
+        jobs_tx.clone(),
+        shutdown.clone(),
+    )?;
 
     // From the store, not the core: it lists only committed seqs (see the store thread).
     let inventory_rx = store.inventory_watch();
@@ -297,6 +307,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                     }
                     let mut entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
                     entries.extend(commands.counters().entries());
+                    entries.extend(control_socket.entries());
                     if let Err(err) = store.write_status(entries).await {
                         break Err(err.into());
                     }
@@ -318,12 +329,17 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 
     notifier.stopping();
     info!("agent stopping");
+    // No command is carried out from here on: `raectl` sees its connection close, and the
+    // socket file goes.
+    let control_socket_entries = control_socket.entries();
+    control_socket.stop().await;
     let counters = tokio::task::spawn_blocking(move || capture.stop())
         .await
         .ok()
         .and_then(Result::ok);
     let mut entries = status_entries(&agent, &engine, None, &pub_status_rx);
     entries.extend(commands.counters().entries());
+    entries.extend(control_socket_entries);
     if let Some(c) = counters {
         entries.push(("capture.frames".into(), c.frames.to_string()));
     }
