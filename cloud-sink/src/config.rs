@@ -585,4 +585,83 @@ mod tests {
             Err(ConfigError::LibrdkafkaSetting(_))
         ));
     }
+
+    #[test]
+    fn command_flags_and_bad_commands() {
+        let cli = parse(&[
+            "command",
+            "--serial",
+            "rae-1",
+            "--timeout-ms",
+            "250",
+            "--json",
+            "set-availability",
+            "00:1a:11:02:03:04",
+            "in-test",
+        ])
+        .unwrap();
+        let Command::Command(c) = cli.command else {
+            panic!("not command")
+        };
+        assert_eq!(
+            (c.serial.as_str(), c.timeout_ms, c.json),
+            ("rae-1", 250, true)
+        );
+        assert!(matches!(
+            c.action,
+            CommandAction::SetAvailability {
+                availability: AvailabilityArg::InTest,
+                ..
+            }
+        ));
+        let cmd = |rest: &[&str]| {
+            let mut args = vec!["command", "--serial", "rae-1"];
+            args.extend_from_slice(rest);
+            parse(&args)
+        };
+        assert!(cmd(&["set-esn", "d", "--clear"]).is_ok());
+        assert!(
+            cmd(&["set-esn", "d", "E1", "--clear"]).is_err(),
+            "ESN and --clear"
+        );
+        assert!(cmd(&["set-esn", "d"]).is_err(), "neither ESN nor --clear");
+        assert!(cmd(&["set-availability", "d", "busy"]).is_err());
+        assert!(cmd(&["reboot"]).is_err());
+        assert!(cmd(&["resync"]).is_ok());
+        assert!(parse(&["command", "ping"]).is_err(), "--serial is required");
+    }
+
+    #[test]
+    fn kafka_mode_has_no_command_broker_unless_given() {
+        let base = [
+            "kafka",
+            "--brokers",
+            "b",
+            "--topic",
+            "t",
+            "--database-url",
+            "u",
+        ];
+        let Command::Kafka(k) = parse(&base).unwrap().command else {
+            panic!("not kafka")
+        };
+        assert!(k.command_broker.broker().is_none());
+        let mut with = base.to_vec();
+        with.extend_from_slice(&[
+            "--command-mqtt-host",
+            "198.18.0.1",
+            "--heal-backoff-ms",
+            "100",
+        ]);
+        let Command::Kafka(k) = parse(&with).unwrap().command else {
+            panic!("not kafka")
+        };
+        let broker = k.command_broker.broker().unwrap();
+        assert_eq!(
+            (broker.mqtt_host.as_str(), broker.mqtt_port),
+            ("198.18.0.1", 1883)
+        );
+        let heal = k.heal.heal_config();
+        assert_eq!(heal.policy.backoff_first, Duration::from_millis(100));
+    }
 }
