@@ -61,7 +61,10 @@ pub async fn run(args: &CommandArgs) -> Exit {
                         "serial": answer.serial.as_str(),
                         "requester": requester.as_str(),
                         "command": request.body.kind().topic_level(),
-                        "correlation": hex(&answer.correlation),
+                        // What was sent, and what the reply carried (the same, or the
+                        // reply would not have matched).
+                        "correlation": hex(&request.correlation),
+                        "reply_correlation": hex(&answer.correlation),
                         "round_trip_ms": answer.round_trip.as_secs_f64() * 1000.0,
                         "outcome": outcome(&answer.reply),
                         "reply": reply_json(&answer.reply),
