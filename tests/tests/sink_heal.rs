@@ -274,3 +274,126 @@ async fn a_gap_gets_one_resync_request_and_closes_when_the_snapshot_lands() {
     let (status, _) = sink.terminate(Duration::from_secs(20)).expect("SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
+
+/// Kafka mode: the bridge moves the events into Kafka, `cloud-sink kafka` writes them, and
+/// with `--command-mqtt-host` it asks the RAE for the resync through that broker. Without the
+/// flag it says at start-up that repair is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mode_heals_through_the_command_broker_when_one_is_given() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let pg = Postgres::start().expect("postgres");
+    let kafka = rae_tests::services::Kafka::start().expect("kafka");
+    kafka
+        .create_topic("rae-events", 2)
+        .await
+        .expect("kafka topic");
+    let url = pg
+        .create_database("sink_heal_kafka")
+        .await
+        .expect("database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let serial = Serial::new("HEAL-RAE-K").expect("serial");
+    let asked = stand_in(&broker, &serial, true, 5).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let mut bridge = Sink::start_mode(
+        "bridge",
+        dir.path(),
+        &strings(&[
+            "bridge",
+            "--mqtt-port",
+            &broker.port().to_string(),
+            "--topic",
+            "rae-events",
+        ]),
+        &[
+            ("CLOUD_SINK_MQTT_HOST", broker.host().to_owned()),
+            ("CLOUD_SINK_BROKERS", kafka.bootstrap_servers()),
+        ],
+    )
+    .expect("cloud-sink bridge");
+    let kafka_sink = |name: &str, group: &str, extra: &[&str]| {
+        let mut args = strings(&[
+            "kafka",
+            "--migrate",
+            "--topic",
+            "rae-events",
+            "--group",
+            group,
+            "--batch-max-wait-ms",
+            "100",
+        ]);
+        args.extend(strings(extra));
+        Sink::start_mode(
+            name,
+            dir.path(),
+            &args,
+            &[
+                ("CLOUD_SINK_BROKERS", kafka.bootstrap_servers()),
+                ("CLOUD_SINK_DATABASE_URL", url.clone()),
+            ],
+        )
+        .expect("cloud-sink kafka")
+    };
+    // Without a command broker: repair is off, and it says so.
+    let mut plain = kafka_sink("sink-kafka-plain", "heal-plain", &[]);
+    plain
+        .wait_ready(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", plain.log_tail()));
+    wait_until("the start-up line saying repair is off", WAIT, || async {
+        let log = std::fs::read_to_string(plain.log_path()).unwrap_or_default();
+        if log.contains("gap repair off") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    let (status, _) = plain.terminate(Duration::from_secs(20)).expect("SIGTERM");
+    assert!(status.success(), "plain kafka sink exit status {status}");
+
+    let mut sink = kafka_sink(
+        "sink-kafka",
+        "heal",
+        &[
+            "--command-mqtt-host",
+            broker.host(),
+            "--command-mqtt-port",
+            &broker.port().to_string(),
+        ],
+    );
+    bridge
+        .wait_ready(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", bridge.log_tail()));
+    sink.wait_ready(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", sink.log_tail()));
+
+    let id = session(3);
+    let messages: Vec<Message> = [
+        snapshot(&serial, id, 1, 3),
+        delta(&serial, id, 2),
+        delta(&serial, id, 4),
+    ]
+    .iter()
+    .map(Message::event)
+    .collect();
+    publish(broker.host(), broker.port(), "heal-publisher-k", &messages).await;
+    wait_until(
+        "the gap closed through Kafka",
+        Duration::from_secs(60),
+        || async {
+            match needs_resync(&pool, id).await? {
+                (false, 5) => Ok(()),
+                other => Err(format!("(needs_resync, snapshot_seq) = {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(asked.lock().expect("log").len(), 1, "one resync request");
+    let metrics = sink.metrics().expect("/metrics");
+    assert!(sum(&metrics, "cloud_sink_heal_resync_requests_sent_total") >= 1.0);
+    for (what, s) in [("kafka sink", sink), ("bridge", bridge)] {
+        let (status, _) = s.terminate(Duration::from_secs(20)).expect("SIGTERM");
+        assert!(status.success(), "{what} exit status {status}");
+    }
+}
