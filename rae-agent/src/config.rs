@@ -28,6 +28,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub disk: DiskConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
 /// Who this RAE is and which port it watches.
@@ -230,6 +232,38 @@ impl Default for DiskConfig {
     }
 }
 
+/// Commands, from the cloud (`cmd/` topics) and from `raectl`: how many the agent carries
+/// out, and how long it remembers a cloud command's reply to answer a redelivery.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Commands carried out per second, cloud and `raectl` together (each costs a commit);
+    /// over it a command gets a `rate_limited` reply and no effect, counted.
+    #[serde(default = "default_max_commands_per_sec")]
+    pub max_commands_per_sec: u32,
+    /// Commands that may come at once before the rate applies (the token bucket's size).
+    #[serde(default = "default_command_burst")]
+    pub burst: u32,
+    /// A cloud command seen again with the same requester and correlation data within this
+    /// window gets the earlier reply and has no second effect.
+    #[serde(default = "default_duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+    /// Replies remembered for that, at most (the oldest go first, counted).
+    #[serde(default = "default_duplicate_max_entries")]
+    pub duplicate_max_entries: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            max_commands_per_sec: default_max_commands_per_sec(),
+            burst: default_command_burst(),
+            duplicate_window_secs: default_duplicate_window_secs(),
+            duplicate_max_entries: default_duplicate_max_entries(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -304,6 +338,21 @@ fn default_min_free_percent() -> u8 {
 }
 fn default_low_outbox_max_bytes() -> u64 {
     1024 * 1024
+}
+/// An operator resyncing or relabelling a rack of devices by script stays well under it; a
+/// runaway requester costs at most this many commits a second.
+fn default_max_commands_per_sec() -> u32 {
+    20
+}
+fn default_command_burst() -> u32 {
+    100
+}
+/// Longer than a requester's retries through a broker reconnect take.
+fn default_duplicate_window_secs() -> u64 {
+    600
+}
+fn default_duplicate_max_entries() -> u32 {
+    1024
 }
 fn default_log_level() -> String {
     "info".to_string()
@@ -544,6 +593,28 @@ impl Config {
                 format!("{} is below the minimum of 65536", d.low_outbox_max_bytes),
             );
         }
+        let c = &self.control;
+        if !(1..=10_000).contains(&c.max_commands_per_sec) {
+            return invalid(
+                "control.max_commands_per_sec",
+                format!("{} is not in 1..=10000", c.max_commands_per_sec),
+            );
+        }
+        if !(1..=100_000).contains(&c.burst) {
+            return invalid("control.burst", format!("{} is not in 1..=100000", c.burst));
+        }
+        if !(1..=86_400).contains(&c.duplicate_window_secs) {
+            return invalid(
+                "control.duplicate_window_secs",
+                format!("{} is not in 1..=86400", c.duplicate_window_secs),
+            );
+        }
+        if !(1..=1_000_000).contains(&c.duplicate_max_entries) {
+            return invalid(
+                "control.duplicate_max_entries",
+                format!("{} is not in 1..=1000000", c.duplicate_max_entries),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(
                 "log.level",
@@ -576,6 +647,7 @@ impl Config {
             probe: ProbeConfig::default(),
             log: LogConfig::default(),
             disk: DiskConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 
@@ -668,6 +740,13 @@ impl fmt::Display for Config {
             pr.max_per_sec,
             onoff(pr.ssdp, pr.ssdp_search_interval_secs),
             onoff(pr.mdns, pr.mdns_query_interval_secs)
+        )?;
+        let c = &self.control;
+        writeln!(
+            f,
+            "commands            at most {}/s (burst {}); duplicates answered for {} s, \
+             at most {} replies remembered",
+            c.max_commands_per_sec, c.burst, c.duplicate_window_secs, c.duplicate_max_entries
         )?;
         write!(
             f,

@@ -36,6 +36,10 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.log.format, LogFormat::Text);
     assert!(config.publish.commit_adaptive);
     assert_eq!(config.publish.commit_max_delay_ms, 100);
+    assert_eq!(config.control.max_commands_per_sec, 20);
+    assert_eq!(config.control.burst, 100);
+    assert_eq!(config.control.duplicate_window_secs, 600);
+    assert_eq!(config.control.duplicate_max_entries, 1024);
 }
 
 #[test]
@@ -147,6 +151,22 @@ fn bad_values_are_rejected_with_their_key() {
     expect_invalid(
         &format!("{MINIMAL}\n[disk]\nlow_outbox_max_bytes = 100\n"),
         "disk.low_outbox_max_bytes",
+    );
+    for (key, value) in [
+        ("max_commands_per_sec", "0"),
+        ("max_commands_per_sec", "10001"),
+        ("burst", "0"),
+        ("duplicate_window_secs", "0"),
+        ("duplicate_max_entries", "0"),
+    ] {
+        expect_invalid(
+            &format!("{MINIMAL}\n[control]\n{key} = {value}\n"),
+            &format!("control.{key}"),
+        );
+    }
+    assert!(
+        Config::parse(&format!("{MINIMAL}\n[control]\nmax_per_sec = 5\n")).is_err(),
+        "an unknown [control] key is an error"
     );
     assert!(
         Config::parse(&format!("{MINIMAL}\n[disk]\nmin_free = 1\n")).is_err(),

@@ -43,6 +43,8 @@ pub struct AgentSpec {
     pub max_sessions: Option<u64>,
     pub outbox_max_bytes: Option<u64>,
     pub probes_per_sec: Option<u32>,
+    /// More tables appended to the config (e.g. `[control]`).
+    pub extra_toml: String,
 }
 
 impl AgentSpec {
@@ -76,6 +78,7 @@ impl AgentSpec {
             max_sessions: None,
             outbox_max_bytes: None,
             probes_per_sec: None,
+            extra_toml: String::new(),
         }
     }
 
@@ -96,7 +99,7 @@ impl AgentSpec {
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
              [probe]\nssdp = {}\nssdp_search_interval_secs = {}\nmdns = {}\nmdns_query_interval_secs = {}\n{}\
-             [log]\nlevel = {:?}\n",
+             [log]\nlevel = {:?}\n{}",
             self.serial,
             self.interface,
             self.state_dir.display().to_string(),
@@ -118,6 +121,7 @@ impl AgentSpec {
             self.mdns_query_interval_secs,
             probe,
             self.log_level,
+            self.extra_toml,
         )
     }
 

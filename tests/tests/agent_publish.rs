@@ -190,6 +190,7 @@ impl Agent {
                 inventory_rx,
                 status_tx,
                 shutdown_rx,
+                None,
             ))
         } else {
             tokio::spawn(publish::run(
@@ -198,6 +199,7 @@ impl Agent {
                 inventory_rx,
                 status_tx,
                 shutdown_rx,
+                None,
             ))
         };
         Agent {

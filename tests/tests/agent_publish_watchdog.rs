@@ -122,6 +122,7 @@ async fn a_broker_that_stops_reading_is_dropped_within_two_keep_alives() {
         inventory_rx,
         status_tx,
         shutdown_rx,
+        None,
     ));
 
     let first = tokio::time::timeout(Duration::from_secs(10), connections.recv())

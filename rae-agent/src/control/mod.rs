@@ -6,11 +6,23 @@
 //! This module holds the interface the two entry points share; the handler, the socket server
 //! and the MQTT side live in its submodules.
 
+pub mod counters;
+mod dedup;
+pub mod handler;
+mod rate;
+
+pub use counters::CommandCounters;
+pub use handler::Handler;
+
 use rae_proto::{CommandReply, CommandRequest, RequesterId};
 use tokio::sync::{mpsc, oneshot};
 
 /// Jobs queued for the core task. Small: a full queue refuses (counted) instead of waiting.
 pub const JOB_QUEUE: usize = 64;
+
+/// The longest Correlation Data a cloud command may carry (it is part of the duplicate
+/// cache's key); longer gets a `bad_request` reply.
+pub const MAX_CORRELATION_BYTES: usize = 256;
 
 /// Where a command came from: it names the actor in the history ("by ...") and keys the
 /// duplicate cache.

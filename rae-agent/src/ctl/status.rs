@@ -25,7 +25,7 @@ pub struct StatusReport {
 }
 
 /// The sections in the order they are shown: (key prefix, section name, title).
-const SECTIONS: [(&str, &str, &str); 9] = [
+const SECTIONS: [(&str, &str, &str); 10] = [
     ("agent.", "agent", "agent"),
     ("capture.", "capture", "capture"),
     (
@@ -37,6 +37,11 @@ const SECTIONS: [(&str, &str, &str); 9] = [
     ("publish.", "publish", "publisher"),
     ("registry.", "registry", "registry core"),
     ("probe.", "probe", "probes"),
+    (
+        "command.",
+        "command",
+        "commands (cloud cmd/ topics and raectl actions)",
+    ),
     ("log.", "log", "log lines suppressed by the per-kind limit"),
     (
         "store.",

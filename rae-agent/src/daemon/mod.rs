@@ -15,6 +15,9 @@
 //! and hands the wall clock's offset to the engine for the stamps, so a wall-clock step (a
 //! first NTP sync) closes no session.
 //!
+//! Commands (cloud and `raectl`) come in as `control::Job`s over one channel and are carried
+//! out here, by `control::Handler`, between frames: an effect is an ordinary Change.
+//!
 //! Limitations: the control socket for `raectl` actions is not there yet.
 
 pub mod engine;
@@ -35,6 +38,7 @@ use tracing::{info, warn};
 use crate::capture::{self, CaptureConfig, CaptureError, CapturedFrame};
 use crate::clock::CoreClock;
 use crate::config::Config;
+use crate::control;
 use crate::probe::identify::interface_ipv4;
 use crate::probe::liveness::{LanAddrs, Liveness, TxSocket};
 use crate::probe::mdns_query::{MdnsQuerier, MdnsQuerySettings};
@@ -143,8 +147,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         &own_macs,
     );
 
-    let (store, store_thread) =
-        StoreHandle::spawn(store, serial, StoreThreadOptions::from_config(&config))?;
+    let (store, store_thread) = StoreHandle::spawn(
+        store,
+        serial.clone(),
+        StoreThreadOptions::from_config(&config),
+    )?;
+
+    // Commands: the publisher (cloud, `cmd/` topics) and the control socket (`raectl`) hand
+    // Jobs to this task over one channel; `commands` decides every reply (see `control`).
+    let (jobs_tx, mut jobs_rx) = control::channel();
+    let mut commands = control::Handler::new(&config.control, serial, started);
 
     // From the store, not the core: it lists only committed seqs (see the store thread).
     let inventory_rx = store.inventory_watch();
@@ -161,6 +173,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         inventory_rx,
         pub_status_tx,
         shutdown.clone(),
+        Some(publish::CommandLink {
+            jobs: jobs_tx.clone(),
+            counters: commands.counters(),
+            inventory_now: commands.inventory_requests(),
+        }),
     ));
 
     let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<CapturedFrame>(FRAME_QUEUE);
@@ -223,6 +240,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break Ok(()),
+            // The daemon holds a sender, so the channel stays open. Before the frames: a
+            // flood on the LAN must not starve commands (which are rate-limited themselves).
+            Some(job) = jobs_rx.recv() => {
+                let now_ms = core_now(&clock, &mut engine);
+                if let Err(err) = commands.handle(job, &mut engine, &store, now_ms).await {
+                    break Err(err.into());
+                }
+            }
             ended = &mut publisher, if publisher_running => {
                 publisher_running = false;
                 break match ended {
@@ -270,7 +295,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                         changes.extend(engine.set_own_macs(&macs, now_ms));
                         own_macs = macs;
                     }
-                    let entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
+                    let mut entries = status_entries(&agent, &engine, Some(&capture), &pub_status_rx);
+                    entries.extend(commands.counters().entries());
                     if let Err(err) = store.write_status(entries).await {
                         break Err(err.into());
                     }
@@ -297,6 +323,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         .ok()
         .and_then(Result::ok);
     let mut entries = status_entries(&agent, &engine, None, &pub_status_rx);
+    entries.extend(commands.counters().entries());
     if let Some(c) = counters {
         entries.push(("capture.frames".into(), c.frames.to_string()));
     }
@@ -328,7 +355,7 @@ fn core_now<I: crate::registry::SessionIds>(clock: &CoreClock, engine: &mut Engi
     reading.core_ms
 }
 
-fn log_changes(changes: &[Change]) {
+pub(crate) fn log_changes(changes: &[Change]) {
     for change in changes {
         match change {
             Change::Opened {

@@ -19,6 +19,8 @@ pub enum Item {
     Row(i64),
     Status(AgentState),
     Inventory,
+    /// A command reply (`commands.rs`).
+    Reply,
 }
 
 /// The event stream no longer matches what was queued: the mapping cannot be trusted.

@@ -12,6 +12,10 @@
 //!   (e.g. 0x87, not authorized) stays and is retried after a backoff; after a reconnect
 //!   every unacknowledged row is sent again. Retained `online` after every CONNACK, retained
 //!   `offline` as the Last Will and on shutdown, the inventory after every connect and every [`PublisherSettings::inventory_interval`].
+//! - `commands.rs`: cloud commands: the `cmd/+` subscription after every CONNACK, each
+//!   request's checks (Response Topic inside this RAE's `reply/`, command level, payload),
+//!   the hand-over to the core task's handler (`crate::control`) without ever blocking this
+//!   loop, and the reply at QoS 1 with the request's Correlation Data.
 //! - [`supervise`] (`supervise.rs`): restarts [`run`] with backoff after an error or a panic
 //!   (counted in `publish.restarts`); errors a restart cannot cure end it, and the daemon.
 //! - `driver.rs`: the loop that polls rumqttc's event loop (and drops the connection when
@@ -23,9 +27,10 @@
 //!
 //! Limitations: no TLS in this build (rumqttc is built without a TLS stack), so a configured
 //! `[mqtt.tls]` is an error, not ignored. Every connection is a clean start: the outbox, not
-//! the broker session, holds what is unacknowledged. Commands (`cmd/...`) are not handled yet.
+//! the broker session, holds what is unacknowledged.
 
 mod backoff;
+mod commands;
 mod driver;
 mod flight;
 mod gate;
@@ -41,6 +46,7 @@ use rae_proto::{NameError, Serial};
 use crate::config::{Config, TlsConfig};
 use crate::store::StoreError;
 
+pub use commands::CommandLink;
 pub use publisher::run;
 pub use supervise::supervise;
 

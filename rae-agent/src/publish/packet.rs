@@ -48,6 +48,7 @@ pub(super) enum Kind {
     Devices = 0,
     Status = 1,
     Inventory = 2,
+    Reply = 3,
 }
 
 impl Kind {
@@ -56,6 +57,7 @@ impl Kind {
             Item::Row(_) => Kind::Devices,
             Item::Status(_) => Kind::Status,
             Item::Inventory => Kind::Inventory,
+            Item::Reply => Kind::Reply,
         }
     }
 
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Devices => "devices",
             Kind::Status => "status",
             Kind::Inventory => "inventory",
+            Kind::Reply => "reply",
         }
     }
 }

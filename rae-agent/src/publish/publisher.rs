@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::backoff::Backoff;
+use super::commands::{CommandEvent, CommandLink, Commands, CLIENT_ROOM};
 use super::driver::{drive, DriverEvent};
 use super::flight::{Flight, FlightError, Item};
 use super::gate::SessionGate;
@@ -39,9 +40,10 @@ pub async fn run(
     inventory: watch::Receiver<Vec<SessionSeq>>,
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
+    commands: Option<CommandLink>,
 ) -> Result<(), PublishError> {
     let sent = Arc::new(SentRows::default());
-    run_after(settings, store, inventory, status, shutdown, sent).await
+    run_after(settings, store, inventory, status, shutdown, sent, commands).await
 }
 
 /// [`run`], after an earlier run that published the unacknowledged rows in `sent` (which this
@@ -53,6 +55,7 @@ pub(super) async fn run_after(
     status: watch::Sender<PublisherStatus>,
     shutdown: watch::Receiver<bool>,
     sent: Arc<SentRows>,
+    commands: Option<CommandLink>,
 ) -> Result<(), PublishError> {
     settings.check()?;
     let status_topic = Topic::status(settings.serial.clone()).to_string();
@@ -78,15 +81,20 @@ pub(super) async fn run_after(
     if let Some(credentials) = &settings.credentials {
         options.set_credentials(&credentials.user, &credentials.password);
     }
-    // Room for every row in flight plus the status, the inventory and a DISCONNECT, so that
-    // queueing a request never waits (see `Publisher::fill`).
-    let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
+    // Room for every row in flight plus the status, the inventory and a DISCONNECT, and the
+    // command side's replies and subscription, so that queueing a request never waits (see
+    // `Publisher::fill`).
+    let (client, eventloop) = AsyncClient::new(
+        options,
+        usize::from(settings.max_in_flight) + 8 + CLIENT_ROOM,
+    );
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let (stall_tx, stall) = mpsc::channel(1);
     let driver = drive(eventloop, events_tx, stall, move || last_will().ok());
     let connection = Connection {
         client,
         stall: stall_tx,
+        commands: commands.map(|link| Commands::new(link, settings.serial.clone())),
     };
     let publisher = Publisher::new(
         settings,
@@ -130,11 +138,13 @@ enum Pause {
     Rewind,
 }
 
-/// The publisher's two ways to act on the connection: requests through rumqttc's client, and
-/// the watchdog's word to the driver.
+/// The publisher's ways to act on the connection: requests through rumqttc's client, the
+/// watchdog's word to the driver, and the command side.
 struct Connection {
     client: AsyncClient,
     stall: mpsc::Sender<Duration>,
+    /// The cloud commands that come in on it.
+    commands: Option<Commands>,
 }
 
 struct Publisher {
@@ -163,11 +173,11 @@ struct Publisher {
     limit: usize,
     pause: Pause,
     /// The last refusal logged, per [`Kind`].
-    refusals: [Option<PubAckReason>; 3],
+    refusals: [Option<PubAckReason>; 4],
     /// The broker's Maximum Packet Size (CONNACK), if it set one.
     max_packet: Option<usize>,
     /// An oversize publish was logged, per [`Kind`] (once per run).
-    oversize_logged: [bool; 3],
+    oversize_logged: [bool; 4],
     /// The last device event was acked with 0x10 (no matching subscribers).
     unheard: bool,
     retry_backoff: Backoff,
@@ -186,6 +196,8 @@ struct Publisher {
     /// The stall of this connection was reported; wait for the driver's `Lost`.
     stalled: bool,
     stopping: bool,
+    /// Cloud commands (`commands.rs`); `None`: not taken.
+    commands: Option<Commands>,
 }
 
 impl Publisher {
@@ -198,7 +210,11 @@ impl Publisher {
         status_topic: String,
         sent: Arc<SentRows>,
     ) -> Publisher {
-        let Connection { client, stall } = connection;
+        let Connection {
+            client,
+            stall,
+            commands,
+        } = connection;
         let inventory_topic = Topic::inventory(settings.serial.clone()).to_string();
         let retry_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
         let connect_backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
@@ -233,9 +249,9 @@ impl Publisher {
             outbox_more: true,
             limit,
             pause: Pause::None,
-            refusals: [None; 3],
+            refusals: [None; 4],
             max_packet: None,
-            oversize_logged: [false; 3],
+            oversize_logged: [false; 4],
             unheard: false,
             retry_backoff,
             connect_backoff,
@@ -248,6 +264,7 @@ impl Publisher {
             stall,
             stalled: false,
             stopping: false,
+            commands,
         }
     }
 
@@ -284,6 +301,7 @@ impl Publisher {
                 break;
             }
             self.fill().await?;
+            self.send_replies()?;
             self.publish_status();
             self.injected_fault()?;
             let retry_at = match self.pause {
@@ -324,6 +342,14 @@ impl Publisher {
                     self.pause = Pause::Rewind;
                 }
                 () = sleep_until(silent_until), if watch_silence => self.silent(),
+                event = Commands::next(&mut self.commands) => match event {
+                    CommandEvent::Answered(to, reply) => {
+                        if let Some(commands) = &mut self.commands {
+                            commands.answered(to, reply);
+                        }
+                    }
+                    CommandEvent::InventoryNow => self.send_inventory()?,
+                },
             }
         }
         Ok(())
@@ -357,6 +383,16 @@ impl Publisher {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => self.connected(&ack)?,
             Event::Incoming(Packet::PubAck(ack)) => self.puback(&ack),
+            Event::Incoming(Packet::Publish(publish)) => {
+                if let Some(commands) = &mut self.commands {
+                    commands.incoming(&publish);
+                }
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if let Some(commands) = &mut self.commands {
+                    commands.suback(&ack);
+                }
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let result = self.flight.written(pkid);
                 self.check_flight(result);
@@ -416,7 +452,11 @@ impl Publisher {
             "connected to the MQTT broker"
         );
         self.send_status(AgentState::Online)?;
-        self.send_inventory()
+        self.send_inventory()?;
+        match &mut self.commands {
+            Some(commands) => commands.connected(&self.client),
+            None => Ok(()),
+        }
     }
 
     fn puback(&mut self, ack: &PubAck) {
@@ -427,6 +467,12 @@ impl Publisher {
         let Some(item) = self.flight.acked(ack.pkid) else {
             return;
         };
+        if item == Item::Reply {
+            if let Some(commands) = &mut self.commands {
+                commands.acked(ack.reason);
+            }
+            return;
+        }
         let kind = Kind::of(item);
         if matches!(
             ack.reason,
@@ -443,7 +489,7 @@ impl Publisher {
                     }
                 }
                 Item::Inventory => self.status.inventories += 1,
-                Item::Status(_) => {}
+                Item::Status(_) | Item::Reply => {}
             }
             if self.refusals[kind as usize].take().is_some() {
                 tracing::info!(topic = kind.name(), "the broker accepts publishes again");
@@ -561,6 +607,9 @@ impl Publisher {
         self.status.connected = false;
         self.status.last_error = Some(cause);
         self.forget_in_flight();
+        if let Some(commands) = &mut self.commands {
+            commands.lost();
+        }
         self.desynced = false;
         self.stalled = false;
         if self.stopping {
@@ -702,6 +751,17 @@ impl Publisher {
             })?;
         self.flight.queue(Item::Inventory);
         Ok(())
+    }
+
+    /// Publishes the command replies that wait, as far as their slots allow.
+    fn send_replies(&mut self) -> Result<(), PublishError> {
+        let Some(commands) = &mut self.commands else {
+            return Ok(());
+        };
+        if !matches!(self.link, Link::Up { .. }) || self.desynced {
+            return Ok(());
+        }
+        commands.send_ready(&self.client, &mut self.flight, self.max_packet)
     }
 
     async fn flush_acks(&mut self) -> Result<(), PublishError> {

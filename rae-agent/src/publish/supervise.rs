@@ -33,6 +33,7 @@ pub async fn supervise(
     inventory: watch::Receiver<Vec<SessionSeq>>,
     status: watch::Sender<PublisherStatus>,
     mut shutdown: watch::Receiver<bool>,
+    commands: Option<super::CommandLink>,
 ) -> Result<(), PublishError> {
     settings.check()?;
     if let Some(fault) = settings.fault {
@@ -54,6 +55,7 @@ pub async fn supervise(
             status.clone(),
             shutdown.clone(),
             sent.clone(),
+            commands.clone(),
         )));
         settings.fault = None;
         let cause = match (&mut task).await {
