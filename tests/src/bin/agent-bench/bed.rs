@@ -122,6 +122,16 @@ impl Bed {
     /// Starts everything. The agent gets the shipped timer defaults (probes every 10 s,
     /// status every 5 s, SSDP/mDNS searches every 5 min) and `gone_after_secs`.
     pub fn start(agent_bin: &Path, gone_after_secs: u64, lab_config: LabConfig) -> Result<Bed> {
+        Bed::start_with(agent_bin, gone_after_secs, lab_config, "")
+    }
+
+    /// [`Bed::start`] with more config tables for the agent (e.g. `[control]`).
+    pub fn start_with(
+        agent_bin: &Path,
+        gone_after_secs: u64,
+        lab_config: LabConfig,
+        extra_toml: &str,
+    ) -> Result<Bed> {
         let lab = Lab::start(lab_config).context("starting the lab")?;
         let broker = Mosquitto::start().context("starting mosquitto")?;
         let watch = MqttWatch::start(broker.host(), broker.port(), "bench-watch", &["rae/v1/#"])
@@ -141,6 +151,7 @@ impl Bed {
         spec.ssdp_search_interval_secs = 300;
         spec.mdns_query_interval_secs = 300;
         spec.status_interval_secs = 5;
+        spec.extra_toml = extra_toml.to_owned();
         let agent = start_agent(agent_bin, &spec, &watch)?;
         println!(
             "lab slot {} on bridge {}, mosquitto on {}, agent pid {}",

@@ -34,7 +34,14 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
     if options.tls {
         bail!("--tls: the requester has no TLS options yet (plain MQTT only for now)");
     }
-    let bed = Bed::start(agent_bin, 600, LabConfig::default())?;
+    // The agent's command rate limit (20/s by default) would measure the limit, not the
+    // round trip: lift it for the bench.
+    let bed = Bed::start_with(
+        agent_bin,
+        600,
+        LabConfig::default(),
+        "[control]\nmax_commands_per_sec = 10000\nburst = 100000\n",
+    )?;
     let dut = bed
         .lab
         .add_dut(DutSpec::new(
