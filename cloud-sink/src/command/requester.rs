@@ -163,6 +163,11 @@ impl Requester {
         options
             .set_clean_start(true)
             .set_session_expiry_interval(None);
+        // A request is one small packet that waits for an answer: Nagle's algorithm would hold
+        // it (or our PUBACK of a reply) behind the peer's delayed ACK.
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
         let shared = Arc::new(Shared {
             requester: requester.clone(),

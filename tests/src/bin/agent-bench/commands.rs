@@ -8,6 +8,9 @@
 //! is from the publish being queued to the matched reply's arrival. Replies that are refusals
 //! (the agent's command rate limit) are counted and left out of the figures.
 //!
+//! `--broker-nodelay` runs mosquitto with `set_tcp_nodelay true`: with its default (Nagle
+//! on), a forwarded request or reply can wait for the peer's delayed ACK.
+//!
 //! `--tls` is reserved for the TLS listener (not available yet: the broker options for TLS
 //! come later).
 
@@ -28,6 +31,8 @@ use crate::bed::{summary, Bed, SERIAL};
 pub struct Options {
     pub count: usize,
     pub tls: bool,
+    /// mosquitto's `set_tcp_nodelay true` (its default is off: Nagle on the broker's sends).
+    pub broker_nodelay: bool,
 }
 
 pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
@@ -41,7 +46,20 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         600,
         LabConfig::default(),
         "[control]\nmax_commands_per_sec = 10000\nburst = 100000\n",
+        if options.broker_nodelay {
+            "set_tcp_nodelay true\n"
+        } else {
+            ""
+        },
     )?;
+    println!(
+        "broker set_tcp_nodelay: {}",
+        if options.broker_nodelay {
+            "true"
+        } else {
+            "false (mosquitto's default)"
+        }
+    );
     let dut = bed
         .lab
         .add_dut(DutSpec::new(

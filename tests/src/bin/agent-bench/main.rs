@@ -54,7 +54,7 @@ const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options
                            writes and fsyncs per event over N changes, drain of N queued
                            changes, RSS over an S s outage with R changes/s
                            (default 10000, 600, 50)
-  commands [--count N] [--tls]
+  commands [--count N] [--broker-nodelay] [--tls]
                            command round trip requester -> agent -> reply, p50/p99 over
                            N pings and N set-availability (default 1000; --tls not yet)
   --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
@@ -147,10 +147,12 @@ fn parse_args() -> Result<Args> {
                 command = Some(Command::Commands(commands::Options {
                     count: 1000,
                     tls: false,
+                    broker_nodelay: false,
                 }))
             }
             ("--count", Some(Command::Commands(o))) => o.count = number(&arg, it.next())?,
             ("--tls", Some(Command::Commands(o))) => o.tls = true,
+            ("--broker-nodelay", Some(Command::Commands(o))) => o.broker_nodelay = true,
             ("--changes", Some(Command::Durability(o))) => o.changes = number(&arg, it.next())?,
             ("--outage-secs", Some(Command::Durability(o))) => {
                 o.outage_secs = number(&arg, it.next())?
