@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::apply::{DbOptions, RetryPolicy};
 use crate::bridge::BridgeConfig;
+use crate::heal::policy::HealPolicy;
+use crate::heal::HealConfig;
 use crate::source::kafka::KafkaSourceConfig;
 use crate::source::mqtt::{MqttBrokerConfig, MqttSourceConfig};
 
@@ -36,10 +38,150 @@ pub enum Command {
     Bridge(Box<BridgeArgs>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
+    /// Send one command to an RAE over MQTT and print its reply (exit status 0 done,
+    /// 1 refused, 2 usage or broker error, 3 timeout).
+    #[command(after_help = COMMAND_EXIT_CODES)]
+    Command(Box<CommandArgs>),
+}
+
+const COMMAND_EXIT_CODES: &str = "Exit status:\n  0  the RAE carried out the command\n  1  the RAE refused it (an error reply: unknown device, bad request, rate limited, ...)\n  2  usage error, broker unreachable, or a reply that does not decode\n  3  no reply within --timeout-ms (nobody serves that serial, or the RAE is offline)";
+
+/// `cloud-sink command`: one request to one RAE, its reply printed.
+#[derive(Debug, Args)]
+pub struct CommandArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The RAE to ask (its serial, the topic level after `rae/v1/`).
+    #[arg(long, env = "CLOUD_SINK_SERIAL")]
+    pub serial: String,
+    /// How long to wait for the reply.
+    #[arg(long, env = "CLOUD_SINK_COMMAND_TIMEOUT_MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Print the reply (or the timeout) as one JSON object, correlation data included.
+    #[arg(long)]
+    pub json: bool,
+    /// The requester id: the last level of the reply topic `rae/v1/{serial}/reply/{requester}`
+    /// (`[A-Za-z0-9_-]{1,64}`). Default: `cli-` and a random suffix, unique per run.
+    #[arg(long, env = "CLOUD_SINK_REQUESTER")]
+    pub requester: Option<String>,
+    #[command(subcommand)]
+    pub action: CommandAction,
+}
+
+/// What to ask. DEVICE is a MAC (`aa:bb:cc:dd:ee:ff`) or a session id (a lowercase UUID).
+#[derive(Debug, Clone, Subcommand)]
+pub enum CommandAction {
+    /// Mark a device available, in test, or in maintenance.
+    SetAvailability {
+        device: String,
+        #[arg(value_enum)]
+        availability: AvailabilityArg,
+    },
+    /// Set a device's ESN, or clear it with --clear.
+    SetEsn {
+        device: String,
+        #[arg(required_unless_present = "clear")]
+        esn: Option<String>,
+        #[arg(long, conflicts_with = "esn")]
+        clear: bool,
+    },
+    /// Ask for a Snapshot of one device, or of every open session without DEVICE.
+    Resync { device: Option<String> },
+    /// Close a device's session and drop it from the RAE's registry.
+    Forget { device: String },
+    /// Have the RAE publish its inventory now; prints it.
+    Inventory,
+    /// Check that the RAE answers; prints its version, uptime and open sessions.
+    Ping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AvailabilityArg {
+    Available,
+    #[value(alias = "in_test")]
+    InTest,
+    Maintenance,
+}
+
+impl From<AvailabilityArg> for rae_proto::Availability {
+    fn from(a: AvailabilityArg) -> Self {
+        match a {
+            AvailabilityArg::Available => Self::Available,
+            AvailabilityArg::InTest => Self::InTest,
+            AvailabilityArg::Maintenance => Self::Maintenance,
+        }
+    }
+}
+
+/// The broker the gap healer sends its `resync` commands through in `kafka` mode (which has
+/// no MQTT connection of its own). Without `--command-mqtt-host` gaps wait for the periodic
+/// Snapshot.
+#[derive(Debug, Args)]
+pub struct CommandBrokerArgs {
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_HOST")]
+    pub command_mqtt_host: Option<String>,
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_PORT", default_value_t = 1883)]
+    pub command_mqtt_port: u16,
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_CLIENT_ID")]
+    pub command_mqtt_client_id: Option<String>,
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_USERNAME")]
+    pub command_mqtt_username: Option<String>,
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_PASSWORD", hide_env_values = true)]
+    pub command_mqtt_password: Option<String>,
+}
+
+impl CommandBrokerArgs {
+    /// The broker as [`BrokerArgs`] (what `mqtt_connect::options` takes), when configured.
+    pub fn broker(&self) -> Option<BrokerArgs> {
+        let host = self.command_mqtt_host.clone()?;
+        Some(BrokerArgs {
+            mqtt_host: host,
+            mqtt_port: self.command_mqtt_port,
+            mqtt_client_id: self.command_mqtt_client_id.clone(),
+            mqtt_username: self.command_mqtt_username.clone(),
+            mqtt_password: self.command_mqtt_password.clone(),
+            mqtt_shared_group: None,
+            mqtt_max_inflight: 16,
+        })
+    }
+}
+
+/// The gap healer: `resync` requests for sessions with a gap (DESIGN section 5, "Gap repair").
+#[derive(Debug, Args)]
+pub struct HealArgs {
+    /// Do not ask RAEs to resync sessions with a gap (they then wait for the periodic Snapshot).
+    #[arg(long, env = "CLOUD_SINK_HEAL_DISABLED")]
+    pub heal_disabled: bool,
+    /// The first wait before asking again while a session's gap stays open; doubles per attempt.
+    #[arg(long, env = "CLOUD_SINK_HEAL_BACKOFF_MS", default_value_t = 5000)]
+    pub heal_backoff_ms: u64,
+    /// The longest wait between two requests for one session.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_HEAL_BACKOFF_MAX_MS",
+        default_value_t = 300_000
+    )]
+    pub heal_backoff_max_ms: u64,
+    /// Resync requests one RAE may get per second (token bucket, refilled continuously).
+    #[arg(long, env = "CLOUD_SINK_HEAL_PER_RAE_PER_SEC", default_value_t = 2.0)]
+    pub heal_per_rae_per_sec: f64,
+    /// Requests one RAE may get at once after a quiet spell (the bucket's size).
+    #[arg(long, env = "CLOUD_SINK_HEAL_PER_RAE_BURST", default_value_t = 10)]
+    pub heal_per_rae_burst: u32,
+    /// Sessions with a gap tracked at once; more are counted and left to the periodic Snapshot.
+    #[arg(long, env = "CLOUD_SINK_HEAL_MAX_SESSIONS", default_value_t = 10_000)]
+    pub heal_max_sessions: usize,
+    /// How long one resync request waits for its reply.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_HEAL_REPLY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub heal_reply_timeout_ms: u64,
 }
 
 /// The MQTT broker both MQTT modes subscribe to (persistent session, manual acks).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     #[arg(long, env = "CLOUD_SINK_MQTT_HOST", default_value = "127.0.0.1")]
     pub mqtt_host: String,
@@ -95,6 +237,8 @@ pub struct MqttArgs {
     /// when several instances start together: the migrations take no lock).
     #[arg(long, env = "CLOUD_SINK_MIGRATE")]
     pub migrate: bool,
+    #[command(flatten)]
+    pub heal: HealArgs,
 }
 
 impl MqttArgs {
@@ -222,6 +366,11 @@ pub struct KafkaArgs {
     /// Apply the migrations before consuming (one migrating instance at a time: no locks).
     #[arg(long, env = "CLOUD_SINK_MIGRATE")]
     pub migrate: bool,
+    #[command(flatten)]
+    pub heal: HealArgs,
+    /// The MQTT broker for gap-repair commands (kafka mode has no MQTT client otherwise).
+    #[command(flatten)]
+    pub command_broker: CommandBrokerArgs,
     #[arg(long, env = "CLOUD_SINK_AUTO_OFFSET_RESET", default_value = "earliest")]
     pub auto_offset_reset: String,
     #[arg(long, env = "CLOUD_SINK_CHANNEL_CAPACITY", default_value_t = 2000)]
@@ -263,6 +412,28 @@ pub struct KafkaArgs {
         value_name = "KEY=VALUE"
     )]
     pub librdkafka: Vec<String>,
+}
+
+impl HealArgs {
+    /// The healer's settings.
+    pub fn heal_config(&self) -> HealConfig {
+        let first = Duration::from_millis(self.heal_backoff_ms.max(1));
+        HealConfig {
+            policy: HealPolicy {
+                backoff_first: first,
+                backoff_max: Duration::from_millis(self.heal_backoff_max_ms).max(first),
+                per_rae_per_sec: if self.heal_per_rae_per_sec.is_finite() {
+                    self.heal_per_rae_per_sec.max(0.001)
+                } else {
+                    1.0
+                },
+                per_rae_burst: self.heal_per_rae_burst.max(1),
+                max_sessions: self.heal_max_sessions.max(1),
+                ..HealPolicy::default()
+            },
+            reply_timeout: Duration::from_millis(self.heal_reply_timeout_ms.max(1)),
+        }
+    }
 }
 
 /// A setting that parsed but cannot work.
@@ -413,5 +584,84 @@ mod tests {
             k.source_config(Duration::from_secs(1)),
             Err(ConfigError::LibrdkafkaSetting(_))
         ));
+    }
+
+    #[test]
+    fn command_flags_and_bad_commands() {
+        let cli = parse(&[
+            "command",
+            "--serial",
+            "rae-1",
+            "--timeout-ms",
+            "250",
+            "--json",
+            "set-availability",
+            "00:1a:11:02:03:04",
+            "in-test",
+        ])
+        .unwrap();
+        let Command::Command(c) = cli.command else {
+            panic!("not command")
+        };
+        assert_eq!(
+            (c.serial.as_str(), c.timeout_ms, c.json),
+            ("rae-1", 250, true)
+        );
+        assert!(matches!(
+            c.action,
+            CommandAction::SetAvailability {
+                availability: AvailabilityArg::InTest,
+                ..
+            }
+        ));
+        let cmd = |rest: &[&str]| {
+            let mut args = vec!["command", "--serial", "rae-1"];
+            args.extend_from_slice(rest);
+            parse(&args)
+        };
+        assert!(cmd(&["set-esn", "d", "--clear"]).is_ok());
+        assert!(
+            cmd(&["set-esn", "d", "E1", "--clear"]).is_err(),
+            "ESN and --clear"
+        );
+        assert!(cmd(&["set-esn", "d"]).is_err(), "neither ESN nor --clear");
+        assert!(cmd(&["set-availability", "d", "busy"]).is_err());
+        assert!(cmd(&["reboot"]).is_err());
+        assert!(cmd(&["resync"]).is_ok());
+        assert!(parse(&["command", "ping"]).is_err(), "--serial is required");
+    }
+
+    #[test]
+    fn kafka_mode_has_no_command_broker_unless_given() {
+        let base = [
+            "kafka",
+            "--brokers",
+            "b",
+            "--topic",
+            "t",
+            "--database-url",
+            "u",
+        ];
+        let Command::Kafka(k) = parse(&base).unwrap().command else {
+            panic!("not kafka")
+        };
+        assert!(k.command_broker.broker().is_none());
+        let mut with = base.to_vec();
+        with.extend_from_slice(&[
+            "--command-mqtt-host",
+            "198.18.0.1",
+            "--heal-backoff-ms",
+            "100",
+        ]);
+        let Command::Kafka(k) = parse(&with).unwrap().command else {
+            panic!("not kafka")
+        };
+        let broker = k.command_broker.broker().unwrap();
+        assert_eq!(
+            (broker.mqtt_host.as_str(), broker.mqtt_port),
+            ("198.18.0.1", 1883)
+        );
+        let heal = k.heal.heal_config();
+        assert_eq!(heal.policy.backoff_first, Duration::from_millis(100));
     }
 }

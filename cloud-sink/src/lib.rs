@@ -17,8 +17,15 @@
 //!   lanes, acks in arrival order only after the batch committed).
 //! - [`bridge`]: MQTT to Kafka with key = MQTT topic, idempotent producer (acks=all), the MQTT
 //!   message acked only after Kafka's delivery report.
-//! - [`config`]: the command line (`kafka`, `mqtt`, `bridge`, `migrate`), every flag also an
+//! - [`config`]: the command line (`kafka`, `mqtt`, `bridge`, `migrate`, `command`), every flag also an
 //!   environment variable (`CLOUD_SINK_*`).
+//! - [`command`]: the cloud's requester ([`command::Requester`], a library other cloud
+//!   services call: MQTT v5 requests with a Response Topic and Correlation Data, replies
+//!   matched by it, typed errors) and the `cloud-sink command` subcommand on top of it.
+//! - [`heal`]: gap repair: the writer reports committed gaps over a bounded channel and a
+//!   task asks the RAE for a `resync` of that session (one outstanding per session,
+//!   backoff, a token bucket per RAE, a cap on tracked sessions).
+//! - [`mqtt_connect`]: the broker flags turned into rumqttc options, for every client.
 //! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` on a tiny HTTP responder, and the
 //!   SIGTERM/SIGINT handling.
 //!
@@ -28,7 +35,10 @@
 
 pub mod apply;
 pub mod bridge;
+pub mod command;
 pub mod config;
+pub mod heal;
+pub mod mqtt_connect;
 pub mod ops;
 pub mod record;
 pub mod source;

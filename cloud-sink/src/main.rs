@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cloud_sink::apply::{Db, DbError};
 use cloud_sink::bridge::{self, BridgeMetrics};
+use cloud_sink::command::cli::{self, Exit};
+use cloud_sink::command::Requester;
 use cloud_sink::config::{
-    BridgeArgs, Cli, Command, ConfigError, DbArgs, KafkaArgs, LogFormat, MigrateArgs, MqttArgs,
-    OpsArgs,
+    BridgeArgs, BrokerArgs, Cli, Command, CommandArgs, ConfigError, DbArgs, HealArgs, KafkaArgs,
+    LogFormat, MigrateArgs, MqttArgs, OpsArgs,
 };
+use cloud_sink::heal::{self, GapReporter, HealMetrics};
+use cloud_sink::mqtt_connect;
 use cloud_sink::ops::health::{self, Health};
 use cloud_sink::ops::http::{self, BindError};
 use cloud_sink::ops::metrics::{MeteredWriter, WriterStats};
@@ -20,10 +24,13 @@ use cloud_sink::ops::shutdown::{Signal, Signals};
 use cloud_sink::ops::Endpoints;
 use cloud_sink::source::kafka::{self, KafkaMetrics, SourceError};
 use cloud_sink::source::mqtt::{self, MqttMetrics};
+use rae_proto::RequesterId;
 use tokio::sync::oneshot;
 
 /// How often the database is probed for `/readyz` (and the heartbeat stamped).
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Gap notices the writer may have queued for the healer before new ones are dropped.
+const HEAL_CHANNEL: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 enum AppError {
@@ -53,12 +60,19 @@ enum AppError {
     Mqtt(#[from] cloud_sink::source::mqtt::MqttSourceError),
     #[error(transparent)]
     Bridge(#[from] cloud_sink::bridge::BridgeError),
+    #[error("bad requester id for gap repair: {0}")]
+    Requester(String),
+    #[error(transparent)]
+    MqttConnect(#[from] cloud_sink::mqtt_connect::MqttConnectError),
     #[error("the {0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Command(args) = &cli.command {
+        return run_command(&cli.ops, args);
+    }
     let result = init_tracing(&cli.ops).and_then(|()| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -106,7 +120,80 @@ async fn run(cli: Cli) -> Result<(), AppError> {
         Command::Migrate(args) => migrate(args).await,
         Command::Mqtt(args) => run_mqtt(&cli.ops, *args).await,
         Command::Bridge(args) => run_bridge(&cli.ops, *args).await,
+        // Handled before the runtime starts: it has its own exit statuses.
+        Command::Command(_) => Ok(()),
     }
+}
+
+/// `cloud-sink command`: exits 0, 1, 2 or 3 (see `cloud_sink::command::cli::Exit`).
+fn run_command(ops: &OpsArgs, args: &CommandArgs) -> ExitCode {
+    if let Err(e) = init_tracing(ops) {
+        eprintln!("cloud-sink command: {e}");
+        return ExitCode::from(Exit::Failed as u8);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cloud-sink command: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Failed as u8);
+        }
+    };
+    ExitCode::from(runtime.block_on(cli::run(args)) as u8)
+}
+
+/// Starts gap repair when `broker` is set and repair is not disabled: its own MQTT client
+/// (`<client id>-cmd`) sends the `resync` requests. Returns the reporter the writer gets.
+fn start_healer(
+    heal: &HealArgs,
+    broker: Option<BrokerArgs>,
+    client_id: &str,
+    metrics: &Arc<HealMetrics>,
+) -> Result<Option<(GapReporter, tokio::task::JoinHandle<()>)>, AppError> {
+    if heal.heal_disabled {
+        tracing::info!("gap repair off (--heal-disabled): gaps wait for the periodic Snapshot");
+        return Ok(None);
+    }
+    let Some(broker) = broker else {
+        tracing::info!(
+            "gap repair off: no --command-mqtt-host, so gaps wait for the periodic Snapshot"
+        );
+        return Ok(None);
+    };
+    let name = command_client_id(client_id);
+    let requester =
+        RequesterId::new(name.clone()).map_err(|e| AppError::Requester(e.to_string()))?;
+    let options = mqtt_connect::options(&broker, &name)?;
+    let client = Arc::new(Requester::start(options, requester, Arc::default()));
+    let (reporter, notices) = heal::channel(HEAL_CHANNEL, metrics.clone());
+    tracing::info!(host = %broker.mqtt_host, port = broker.mqtt_port, client_id = %name, "gap repair on: sessions with a gap get a resync command");
+    let task = tokio::spawn(heal::run(
+        heal.heal_config(),
+        notices,
+        client,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+    Ok(Some((reporter, task)))
+}
+
+/// `<client id>-cmd`, kept to what a requester id allows (`[A-Za-z0-9_-]{1,64}`).
+fn command_client_id(client_id: &str) -> String {
+    let mut name: String = client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    name.push_str("-cmd");
+    name
 }
 
 async fn migrate(args: MigrateArgs) -> Result<(), AppError> {
@@ -121,10 +208,24 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
     let mut signals = Signals::install().map_err(AppError::Signals)?;
     let deadline = ops.shutdown_deadline()?;
     let config = args.source_config(deadline)?;
-    let (writer, stats) = open_writer(&args.db, args.migrate).await?;
+    let heal_metrics = Arc::new(HealMetrics::default());
+    let client_id = args
+        .command_broker
+        .command_mqtt_client_id
+        .clone()
+        .unwrap_or_else(|| args.group.clone());
+    let healer = start_healer(
+        &args.heal,
+        args.command_broker.broker(),
+        &client_id,
+        &heal_metrics,
+    )?;
+    let (gaps, heal_task) = healer.unzip();
+    let (writer, stats) = open_writer(&args.db, args.migrate, gaps).await?;
     let metrics = Arc::new(KafkaMetrics::default());
     let health = Health::new();
-    let endpoints = Endpoints::kafka(metrics.clone(), stats, health.clone());
+    let endpoints =
+        Endpoints::kafka(metrics.clone(), stats, health.clone()).with_heal(heal_metrics);
     let served = Served::start(ops, endpoints, health, Some(writer.inner().pool().clone())).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let source = tokio::spawn(kafka::run(config, writer.clone(), metrics, async move {
@@ -137,6 +238,9 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
         "consuming"
     );
     let result = until_stopped("Kafka source", source, stop_tx, &mut signals, deadline).await;
+    if let Some(task) = heal_task {
+        task.abort();
+    }
     close_writer(&writer, deadline, &result).await;
     served.stop();
     result.map(|_| ())
@@ -147,8 +251,12 @@ async fn run_kafka(ops: &OpsArgs, args: KafkaArgs) -> Result<(), AppError> {
 async fn open_writer(
     db: &DbArgs,
     migrate: bool,
+    gaps: Option<GapReporter>,
 ) -> Result<(Arc<MeteredWriter<Db>>, Arc<WriterStats>), AppError> {
-    let connected = Db::connect_lazy(&db.database_url, db.options())?;
+    let mut connected = Db::connect_lazy(&db.database_url, db.options())?;
+    if let Some(gaps) = gaps {
+        connected = connected.with_gap_reports(gaps);
+    }
     if migrate {
         connected.migrate().await?;
         tracing::info!("migrations applied");
@@ -262,10 +370,18 @@ async fn run_mqtt(ops: &OpsArgs, args: MqttArgs) -> Result<(), AppError> {
     let mut signals = Signals::install().map_err(AppError::Signals)?;
     let deadline = ops.shutdown_deadline()?;
     let config = args.source_config(deadline);
-    let (writer, stats) = open_writer(&args.db, args.migrate).await?;
+    let heal_metrics = Arc::new(HealMetrics::default());
+    let healer = start_healer(
+        &args.heal,
+        Some(args.broker.clone()),
+        &config.broker.client_id,
+        &heal_metrics,
+    )?;
+    let (gaps, heal_task) = healer.unzip();
+    let (writer, stats) = open_writer(&args.db, args.migrate, gaps).await?;
     let metrics = Arc::new(MqttMetrics::default());
     let health = Health::new();
-    let endpoints = Endpoints::mqtt(metrics.clone(), stats, health.clone());
+    let endpoints = Endpoints::mqtt(metrics.clone(), stats, health.clone()).with_heal(heal_metrics);
     let served = Served::start(ops, endpoints, health, Some(writer.inner().pool().clone())).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tracing::info!(host = %args.broker.mqtt_host, port = args.broker.mqtt_port, lanes = args.lanes, "subscribing");
@@ -273,6 +389,9 @@ async fn run_mqtt(ops: &OpsArgs, args: MqttArgs) -> Result<(), AppError> {
         let _ = stop_rx.await;
     }));
     let result = until_stopped("MQTT source", source, stop_tx, &mut signals, deadline).await;
+    if let Some(task) = heal_task {
+        task.abort();
+    }
     close_writer(&writer, deadline, &result).await;
     served.stop();
     result.map(|_| ())

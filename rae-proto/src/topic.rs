@@ -21,7 +21,7 @@ pub const PREFIX: &str = "rae/v1/";
 
 /// Subscription filters.
 pub mod filter {
-    use crate::id::Serial;
+    use crate::id::{RequesterId, Serial};
 
     /// Device events of every RAE (the sink and the bridge).
     pub const ALL_DEVICES: &str = "rae/v1/+/devices/+";
@@ -45,6 +45,12 @@ pub mod filter {
     /// Every reply one RAE sends, whoever asked.
     pub fn replies_of(serial: &Serial) -> String {
         format!("rae/v1/{serial}/reply/+")
+    }
+
+    /// The replies to one requester from every RAE: what a cloud requester subscribes to
+    /// once, whichever RAEs it then asks.
+    pub fn replies_to(requester: &RequesterId) -> String {
+        format!("rae/v1/+/reply/{requester}")
     }
 }
 

@@ -10,8 +10,9 @@
 //! - `services`: mosquitto, PostgreSQL (SERIALIZABLE by default) and Apache Kafka in KRaft
 //!   mode, each on free loopback ports with its own state directory.
 //! - [`agent`], [`sink`]: the real `rae-agent` / `raectl` and `cloud-sink` binaries as lab
-//!   processes; [`mqtt_watch`]: a subscriber standing in for the cloud; [`requester`]: a
-//!   cloud requester of commands (Response Topic, Correlation Data, raw requests too).
+//!   processes; [`cloud_command`]: one `cloud-sink command` run; [`mqtt_watch`]: a
+//!   subscriber standing in for the cloud; [`requester`]: a cloud requester of commands
+//!   (Response Topic, Correlation Data, raw requests too).
 //! - [`inject`]: raw frames sent from inside a DUT namespace, as if from many devices behind
 //!   its port (floods, address churn).
 //! - [`stream_check`]: what a QoS 1 subscriber may rely on (no gap, no reorder, duplicates
@@ -26,6 +27,7 @@
 //! `scripts/setup` fetches into `tests/kafka/lib`.
 
 pub mod agent;
+pub mod cloud_command;
 pub mod inject;
 pub mod labdir;
 pub mod mqtt_watch;

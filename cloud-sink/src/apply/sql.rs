@@ -13,9 +13,10 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
 
-use super::fold::Folded;
+use super::fold::{Folded, SessionRow, StoredSession};
 use super::statements::{read_sessions, write_dead_letters, write_raes, write_sessions};
 use super::{prepare, Rejection};
+use crate::heal::{GapNotice, GapReporter};
 use crate::record::{BatchWriter, Raw, WriteError, WriteOutcome};
 
 /// The schema, embedded so that the binary needs no files next to it.
@@ -158,6 +159,8 @@ pub struct Db {
     retry: RetryPolicy,
     retries_total: AtomicU64,
     random: RandomState,
+    /// Where committed gaps are reported for repair (`None`: nobody repairs them).
+    gaps: Option<GapReporter>,
 }
 
 impl Db {
@@ -191,7 +194,15 @@ impl Db {
             },
             retries_total: AtomicU64::new(0),
             random: RandomState::new(),
+            gaps: None,
         }
+    }
+
+    /// Reports, after each commit, the sessions written with a gap and those whose gap
+    /// closed, to the gap healer (never blocking: see [`GapReporter`]).
+    pub fn with_gap_reports(mut self, reporter: GapReporter) -> Db {
+        self.gaps = Some(reporter);
+        self
     }
 
     /// Applies the embedded migrations. Without advisory locks (CockroachDB has none):
@@ -327,11 +338,36 @@ impl Db {
             .collect();
         write_dead_letters(&mut tx, batch, &rejected).await?;
         tx.commit().await?;
+        if let Some(gaps) = &self.gaps {
+            report_gaps(gaps, &stored, &rows);
+        }
         Ok(WriteOutcome {
             applied: plan.applied,
             dead_lettered: rejected.len(),
             retries: 0,
         })
+    }
+}
+
+/// Tells the healer which committed rows have a gap and which had one that is now closed.
+fn report_gaps(
+    gaps: &GapReporter,
+    stored: &std::collections::BTreeMap<rae_proto::SessionId, StoredSession>,
+    rows: &[SessionRow],
+) {
+    for row in rows {
+        let before = stored.get(&row.session);
+        let had_gap = before.is_some_and(|s| s.track.needs_resync(s.inventory_seq));
+        // A closed session needs no Snapshot: its gap is history.
+        let closed = row.fold.closed.is_some() || before.is_some_and(|s| s.closed_seq.is_some());
+        let open = row.needs_resync && !closed;
+        if open || had_gap {
+            gaps.report(GapNotice {
+                serial: row.fold.serial.clone(),
+                session: row.session,
+                open,
+            });
+        }
     }
 }
 

@@ -70,6 +70,13 @@ impl Endpoints {
         }
     }
 
+    /// Adds the gap healer's counters to `/metrics`.
+    pub fn with_heal(mut self, heal: Arc<crate::heal::HealMetrics>) -> Endpoints {
+        let render = self.render;
+        self.render = Box::new(move || render() + &heal.render());
+        self
+    }
+
     /// The bridge's endpoints.
     pub fn bridge(metrics: Arc<crate::bridge::BridgeMetrics>, health: Arc<Health>) -> Endpoints {
         Endpoints {

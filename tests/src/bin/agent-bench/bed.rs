@@ -15,7 +15,7 @@ use rae_proto::{AgentState, Mac, Status};
 use rae_tests::agent::{raectl, AgentSpec};
 use rae_tests::mqtt_watch::MqttWatch;
 use rae_tests::netlab::{wait_until, Lab, LabConfig};
-use rae_tests::services::Mosquitto;
+use rae_tests::services::{BrokerSetup, Mosquitto, MosquittoOptions};
 use serde_json::Value;
 
 pub const SERIAL: &str = "BENCH-RAE-1";
@@ -122,8 +122,27 @@ impl Bed {
     /// Starts everything. The agent gets the shipped timer defaults (probes every 10 s,
     /// status every 5 s, SSDP/mDNS searches every 5 min) and `gone_after_secs`.
     pub fn start(agent_bin: &Path, gone_after_secs: u64, lab_config: LabConfig) -> Result<Bed> {
+        Bed::start_with(agent_bin, gone_after_secs, lab_config, "", "")
+    }
+
+    /// [`Bed::start`] with more config tables for the agent (e.g. `[control]`) and more
+    /// lines for `mosquitto.conf`.
+    pub fn start_with(
+        agent_bin: &Path,
+        gone_after_secs: u64,
+        lab_config: LabConfig,
+        extra_toml: &str,
+        broker_config: &str,
+    ) -> Result<Bed> {
         let lab = Lab::start(lab_config).context("starting the lab")?;
-        let broker = Mosquitto::start().context("starting mosquitto")?;
+        let broker = Mosquitto::start_setup(
+            MosquittoOptions::default(),
+            BrokerSetup {
+                extra_config: broker_config.to_owned(),
+                ..BrokerSetup::default()
+            },
+        )
+        .context("starting mosquitto")?;
         let watch = MqttWatch::start(broker.host(), broker.port(), "bench-watch", &["rae/v1/#"])
             .context("subscribing to rae/v1/#")?;
         let mut spec = AgentSpec::for_lab(
@@ -141,6 +160,7 @@ impl Bed {
         spec.ssdp_search_interval_secs = 300;
         spec.mdns_query_interval_secs = 300;
         spec.status_interval_secs = 5;
+        spec.extra_toml = extra_toml.to_owned();
         let agent = start_agent(agent_bin, &spec, &watch)?;
         println!(
             "lab slot {} on bridge {}, mosquitto on {}, agent pid {}",

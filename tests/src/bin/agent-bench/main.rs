@@ -17,6 +17,8 @@
 //! - `durability --changes N --outage-secs S --churn R`: bytes written and fsyncs per event
 //!   over N changes, the drain time of N changes queued in an outage, and the RSS over an
 //!   S-second outage with R changes a second (see `durability.rs`).
+//! - `commands --count N [--tls]`: the command round trip (cloud requester -> broker ->
+//!   agent -> reply), p50/p99 over N `ping`s and N `set-availability`s (see `commands.rs`).
 //!
 //! The agent is the release build by default (`target/release/rae-agent`, which
 //! `cargo build --release -p rae-agent` makes); `--agent-bin PATH` picks another.
@@ -27,6 +29,7 @@
 
 mod arpwatch;
 mod bed;
+mod commands;
 mod cpu;
 mod durability;
 mod latency;
@@ -51,6 +54,9 @@ const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options
                            writes and fsyncs per event over N changes, drain of N queued
                            changes, RSS over an S s outage with R changes/s
                            (default 10000, 600, 50)
+  commands [--count N] [--broker-nodelay] [--tls]
+                           command round trip requester -> agent -> reply, p50/p99 over
+                           N pings and N set-availability (default 1000; --tls not yet)
   --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
 
 enum Command {
@@ -70,6 +76,7 @@ enum Command {
         seconds: u64,
     },
     Durability(durability::Options),
+    Commands(commands::Options),
 }
 
 struct Args {
@@ -136,6 +143,16 @@ fn parse_args() -> Result<Args> {
                     churn_per_sec: 50,
                 }))
             }
+            ("commands", None) => {
+                command = Some(Command::Commands(commands::Options {
+                    count: 1000,
+                    tls: false,
+                    broker_nodelay: false,
+                }))
+            }
+            ("--count", Some(Command::Commands(o))) => o.count = number(&arg, it.next())?,
+            ("--tls", Some(Command::Commands(o))) => o.tls = true,
+            ("--broker-nodelay", Some(Command::Commands(o))) => o.broker_nodelay = true,
             ("--changes", Some(Command::Durability(o))) => o.changes = number(&arg, it.next())?,
             ("--outage-secs", Some(Command::Durability(o))) => {
                 o.outage_secs = number(&arg, it.next())?
@@ -189,5 +206,6 @@ fn run() -> Result<()> {
         Command::Cpu { seconds, repeat } => cpu::run(&agent_bin, seconds, repeat),
         Command::Arpwatch { duts, mix, seconds } => arpwatch::run(&agent_bin, duts, mix, seconds),
         Command::Durability(options) => durability::run(&agent_bin, &options),
+        Command::Commands(options) => commands::run(&agent_bin, &options),
     }
 }
