@@ -75,9 +75,7 @@ pub(super) async fn run_after(
         network.set_tcp_send_buffer_size(bytes);
         options.set_network_options(network);
     }
-    if let Some(credentials) = &settings.credentials {
-        options.set_credentials(&credentials.user, &credentials.password);
-    }
+    super::transport::apply(&mut options, &settings)?;
     // Room for every row in flight plus the status, the inventory and a DISCONNECT, so that
     // queueing a request never waits (see `Publisher::fill`).
     let (client, eventloop) = AsyncClient::new(options, usize::from(settings.max_in_flight) + 8);
@@ -530,7 +528,7 @@ impl Publisher {
     }
 
     fn lost(&mut self, error: &ConnectionError, resume: oneshot::Sender<Duration>) {
-        let cause = crate::error_chain(error);
+        let (cause, tls_failed) = super::transport::explain(error, self.settings.tls.as_ref());
         match self.link {
             Link::Up { since } => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");
@@ -551,6 +549,10 @@ impl Publisher {
             }
             Link::Starting => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "cannot connect to the MQTT broker; retrying with backoff");
+            }
+            // A TLS failure does not cure itself: one line per attempt (the backoff spaces them).
+            Link::Down if tls_failed => {
+                tracing::warn!(cause = %cause, broker = %self.broker(), "reconnect failed");
             }
             Link::Down => tracing::debug!(cause = %cause, "reconnect failed"),
         }
