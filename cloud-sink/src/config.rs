@@ -6,12 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::apply::{DbOptions, RetryPolicy};
 use crate::bridge::BridgeConfig;
+use crate::mqtt_connect::MqttTls;
 use crate::source::kafka::KafkaSourceConfig;
 use crate::source::mqtt::{MqttBrokerConfig, MqttSourceConfig};
 
@@ -58,10 +60,41 @@ pub struct BrokerArgs {
     /// Unacknowledged messages the broker may send ahead (our Receive Maximum).
     #[arg(long, env = "CLOUD_SINK_MQTT_MAX_INFLIGHT", default_value_t = 1000)]
     pub mqtt_max_inflight: u16,
+    /// Connect with TLS, trusting only the CA(s) in this PEM file for the broker's
+    /// certificate (whose name is always verified).
+    #[arg(long, env = "CLOUD_SINK_MQTT_TLS_CA", value_name = "PEM")]
+    pub mqtt_tls_ca: Option<PathBuf>,
+    /// The client certificate (PEM), the cloud's identity at a broker that takes the
+    /// certificate's CN as the user name (deploy/mosquitto/). Needs --mqtt-tls-key.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_CERT",
+        value_name = "PEM",
+        requires_all = ["mqtt_tls_ca", "mqtt_tls_key"]
+    )]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_KEY",
+        value_name = "PEM",
+        requires = "mqtt_tls_cert"
+    )]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry (default: --mqtt-host).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "mqtt_tls_ca"
+    )]
+    pub mqtt_tls_server_name: Option<String>,
 }
 
 impl BrokerArgs {
-    fn broker_config(&self, default_client_id: &str) -> MqttBrokerConfig {
+    /// The broker settings these flags give, with `default_client_id` unless
+    /// `--mqtt-client-id` names one.
+    pub fn broker_config(&self, default_client_id: &str) -> MqttBrokerConfig {
         MqttBrokerConfig {
             host: self.mqtt_host.clone(),
             port: self.mqtt_port,
@@ -73,6 +106,12 @@ impl BrokerArgs {
             password: self.mqtt_password.clone(),
             shared_group: self.mqtt_shared_group.clone(),
             max_inflight: self.mqtt_max_inflight,
+            tls: self.mqtt_tls_ca.as_ref().map(|ca| MqttTls {
+                ca_file: ca.clone(),
+                cert_file: self.mqtt_tls_cert.clone(),
+                key_file: self.mqtt_tls_key.clone(),
+                server_name: self.mqtt_tls_server_name.clone(),
+            }),
             ..MqttBrokerConfig::default()
         }
     }
@@ -413,5 +452,35 @@ mod tests {
             k.source_config(Duration::from_secs(1)),
             Err(ConfigError::LibrdkafkaSetting(_))
         ));
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_reach_the_broker_config() {
+        let base = ["mqtt", "--database-url", "u"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let cli = with(&[
+            "--mqtt-tls-ca",
+            "/ca.pem",
+            "--mqtt-tls-cert",
+            "/c.pem",
+            "--mqtt-tls-key",
+            "/k.pem",
+            "--mqtt-tls-server-name",
+            "broker.lab",
+        ])
+        .unwrap();
+        let Command::Mqtt(m) = cli.command else {
+            panic!("not mqtt")
+        };
+        let tls = m.broker.broker_config("x").tls.expect("tls set");
+        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.server_name.as_deref(), Some("broker.lab"));
+        assert!(with(&["--mqtt-tls-cert", "/c.pem", "--mqtt-tls-key", "/k.pem"]).is_err());
+        assert!(with(&["--mqtt-tls-ca", "/ca.pem", "--mqtt-tls-cert", "/c.pem"]).is_err());
+        assert!(with(&["--mqtt-tls-ca", "/ca.pem", "--mqtt-tls-key", "/k.pem"]).is_err());
+        let Command::Mqtt(m) = with(&[]).unwrap().command else {
+            panic!("not mqtt")
+        };
+        assert!(m.broker.broker_config("x").tls.is_none());
     }
 }

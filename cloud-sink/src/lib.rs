@@ -19,6 +19,8 @@
 //!   message acked only after Kafka's delivery report.
 //! - [`config`]: the command line (`kafka`, `mqtt`, `bridge`, `migrate`), every flag also an
 //!   environment variable (`CLOUD_SINK_*`).
+//! - [`mqtt_connect`]: the one place MQTT options are built (address, credentials, TLS with
+//!   rustls and ring), for the source, the bridge and the command requester.
 //! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` on a tiny HTTP responder, and the
 //!   SIGTERM/SIGINT handling.
 //!
@@ -29,6 +31,7 @@
 pub mod apply;
 pub mod bridge;
 pub mod config;
+pub mod mqtt_connect;
 pub mod ops;
 pub mod record;
 pub mod source;

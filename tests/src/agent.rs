@@ -25,6 +25,8 @@ pub struct AgentSpec {
     pub mqtt_port: u16,
     /// More lines for the `[mqtt]` table (e.g. `tcp_send_buffer_bytes = 4096`).
     pub mqtt_extra: String,
+    /// More lines for the `[agent]` table (e.g. `serial_from_certificate = true`).
+    pub agent_extra: String,
     pub probe_interval_secs: u64,
     pub offline_after_misses: u32,
     pub gone_after_secs: u64,
@@ -61,6 +63,7 @@ impl AgentSpec {
             mqtt_host: mqtt_host.to_owned(),
             mqtt_port,
             mqtt_extra: String::new(),
+            agent_extra: String::new(),
             probe_interval_secs: 1,
             offline_after_misses: 3,
             gone_after_secs: 20,
@@ -91,7 +94,7 @@ impl AgentSpec {
         let probe = optional("max_per_sec", self.probes_per_sec.map(|v| v.to_string()));
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
-             control_socket = {:?}\nstatus_interval_secs = {}\n\
+             control_socket = {:?}\nstatus_interval_secs = {}\n{}\n\
              [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n{}\n\
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
@@ -102,6 +105,7 @@ impl AgentSpec {
             self.state_dir.display().to_string(),
             self.state_dir.join("control.sock").display().to_string(),
             self.status_interval_secs,
+            self.agent_extra,
             self.mqtt_host,
             self.mqtt_port,
             self.mqtt_extra,
