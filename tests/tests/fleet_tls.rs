@@ -547,13 +547,17 @@ fn the_sink_over_tls_dead_letters_a_payload_whose_serial_is_not_its_topics() {
             connect(client_options(&broker, "a-liar", &pki.ca_file(), Some(&a)))
                 .await
                 .expect("RAE-A connects");
-        publish(
-            &client,
-            &mut eventloop,
-            &topic,
-            lie.encode().expect("encode"),
-        )
-        .await
+        // The sink is ready once connected; its subscription may follow. Until then the
+        // broker acks with 0x10 and drops the message, so it is sent again.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let payload = lie.encode().expect("encode");
+            let reason = publish(&client, &mut eventloop, &topic, payload).await;
+            if reason != PubAckReason::NoMatchingSubscribers || Instant::now() > deadline {
+                break reason;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     assert_eq!(
         reason,
