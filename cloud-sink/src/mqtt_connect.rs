@@ -178,7 +178,11 @@ fn find_rustls_error(error: &ConnectionError) -> Option<&rustls::Error> {
                 return Some(found);
             }
         }
-        source = err.source();
+        source = match err.downcast_ref::<rumqttc::v5::StateError>() {
+            // Its Display shows the cause, but it is not its `source`.
+            Some(rumqttc::v5::StateError::Deserialization(inner)) => Some(inner),
+            _ => err.source(),
+        };
     }
     None
 }

@@ -659,7 +659,24 @@ fn an_agent_that_trusts_the_wrong_ca_says_so_per_attempt_backs_off_and_keeps_its
         "raectl status says why: {why}"
     );
     assert_eq!(counter(&json, "publish", "acked"), 0);
+    println!("raectl status broker.last_error: {why}");
     agent.ensure_running().expect("the agent keeps running");
+
+    // The other way round: the agent trusts the broker, the broker not the agent's certificate.
+    let mut foreign = agent_spec(&lab, &broker, "agent-foreign-cert", RAE_B);
+    let foreign_cert = pki.foreign_client(RAE_B).expect("foreign cert");
+    foreign.mqtt_extra = tls_table(&pki.ca_file(), &foreign_cert);
+    let mut foreign = Agent::start(&foreign).unwrap_or_else(|e| panic!("rae-agent: {e}"));
+    let cert_text = foreign_cert.cert.display().to_string();
+    let json = wait_status(
+        &foreign,
+        "the broker's refusal of the client certificate in raectl status",
+        |json| entry(json, "broker", "last_error").contains("refused the handshake"),
+    );
+    let why = entry(&json, "broker", "last_error");
+    assert!(why.contains(&cert_text), "the certificate is named: {why}");
+    println!("raectl status broker.last_error: {why}");
+    foreign.ensure_running().expect("the agent keeps running");
 }
 
 /// The agent's memory connected over TLS against plain TCP, printed for BENCHMARKS.md:

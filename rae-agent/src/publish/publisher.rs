@@ -528,7 +528,7 @@ impl Publisher {
     }
 
     fn lost(&mut self, error: &ConnectionError, resume: oneshot::Sender<Duration>) {
-        let (cause, tls_failed) = super::transport::explain(error, self.settings.tls.as_ref());
+        let (cause, tls_failed) = super::transport::explain(error, &self.settings);
         match self.link {
             Link::Up { since } => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");

@@ -142,9 +142,9 @@ pub fn apply(
 
 /// One line saying why a connection failed; `true` with it when TLS failed (a wrong CA, a
 /// refused client certificate: worth a line every attempt, it will not cure itself).
-pub fn explain(error: &ConnectionError, tls: Option<&TlsConfig>) -> (String, bool) {
+pub fn explain(error: &ConnectionError, settings: &PublisherSettings) -> (String, bool) {
     let chain = crate::error_chain(error);
-    let Some(tls) = tls else {
+    let Some(tls) = &settings.tls else {
         return (chain, false);
     };
     let Some(rustls_error) = find_rustls_error(error) else {
@@ -155,7 +155,7 @@ pub fn explain(error: &ConnectionError, tls: Option<&TlsConfig>) -> (String, boo
             "TLS: the broker's certificate failed verification against the CA file {} \
              (server name {}): {reason:?}",
             tls.ca_file.display(),
-            tls.server_name.as_deref().unwrap_or("mqtt.host"),
+            tls.server_name.as_deref().unwrap_or(&settings.host),
         ),
         rustls::Error::AlertReceived(alert) => match &tls.cert_file {
             Some(cert) => format!(
@@ -185,7 +185,11 @@ fn find_rustls_error(error: &ConnectionError) -> Option<&rustls::Error> {
                 return Some(found);
             }
         }
-        source = err.source();
+        source = match err.downcast_ref::<rumqttc::v5::StateError>() {
+            // Its Display shows the cause, but it is not its `source`.
+            Some(rumqttc::v5::StateError::Deserialization(inner)) => Some(inner),
+            _ => err.source(),
+        };
     }
     None
 }
