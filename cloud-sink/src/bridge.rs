@@ -85,6 +85,8 @@ pub enum BridgeError {
     Config(String),
     #[error("creating the Kafka producer")]
     Producer(#[source] rdkafka::error::KafkaError),
+    #[error("cannot set up the MQTT connection")]
+    Connect(#[from] crate::mqtt_connect::MqttConnectError),
 }
 
 impl BridgeConfig {
@@ -237,6 +239,7 @@ pub async fn run(
 ) -> Result<(), BridgeError> {
     config.validate()?;
     let producer = config.producer()?;
+    let connection = intake::connect(&config.broker)?;
     let (stop_tx, mut stop) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -246,7 +249,7 @@ pub async fn run(
     let (delivery_tx, deliveries) = mpsc::unbounded_channel();
     let mut bridge = Bridge {
         config: &config,
-        connection: intake::connect(&config.broker),
+        connection,
         producer,
         delivery_tx,
         deliveries,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -14,6 +15,7 @@ use crate::apply::{DbOptions, RetryPolicy};
 use crate::bridge::BridgeConfig;
 use crate::heal::policy::HealPolicy;
 use crate::heal::HealConfig;
+use crate::mqtt_connect::MqttTls;
 use crate::source::kafka::KafkaSourceConfig;
 use crate::source::mqtt::{MqttBrokerConfig, MqttSourceConfig};
 
@@ -128,6 +130,33 @@ pub struct CommandBrokerArgs {
     pub command_mqtt_username: Option<String>,
     #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_PASSWORD", hide_env_values = true)]
     pub command_mqtt_password: Option<String>,
+    /// TLS for the command connection: the CA file (as --mqtt-tls-ca).
+    #[arg(long, env = "CLOUD_SINK_COMMAND_MQTT_TLS_CA", value_name = "PEM")]
+    pub command_mqtt_tls_ca: Option<PathBuf>,
+    /// The cloud's client certificate for the command connection (as --mqtt-tls-cert).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_COMMAND_MQTT_TLS_CERT",
+        value_name = "PEM",
+        requires_all = ["command_mqtt_tls_ca", "command_mqtt_tls_key"]
+    )]
+    pub command_mqtt_tls_cert: Option<PathBuf>,
+    /// Its private key (as --mqtt-tls-key).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_COMMAND_MQTT_TLS_KEY",
+        value_name = "PEM",
+        requires = "command_mqtt_tls_cert"
+    )]
+    pub command_mqtt_tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry (default: --command-mqtt-host).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_COMMAND_MQTT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "command_mqtt_tls_ca"
+    )]
+    pub command_mqtt_tls_server_name: Option<String>,
 }
 
 impl CommandBrokerArgs {
@@ -142,6 +171,10 @@ impl CommandBrokerArgs {
             mqtt_password: self.command_mqtt_password.clone(),
             mqtt_shared_group: None,
             mqtt_max_inflight: 16,
+            mqtt_tls_ca: self.command_mqtt_tls_ca.clone(),
+            mqtt_tls_cert: self.command_mqtt_tls_cert.clone(),
+            mqtt_tls_key: self.command_mqtt_tls_key.clone(),
+            mqtt_tls_server_name: self.command_mqtt_tls_server_name.clone(),
         })
     }
 }
@@ -200,10 +233,41 @@ pub struct BrokerArgs {
     /// Unacknowledged messages the broker may send ahead (our Receive Maximum).
     #[arg(long, env = "CLOUD_SINK_MQTT_MAX_INFLIGHT", default_value_t = 1000)]
     pub mqtt_max_inflight: u16,
+    /// Connect with TLS, trusting only the CA(s) in this PEM file for the broker's
+    /// certificate (whose name is always verified).
+    #[arg(long, env = "CLOUD_SINK_MQTT_TLS_CA", value_name = "PEM")]
+    pub mqtt_tls_ca: Option<PathBuf>,
+    /// The client certificate (PEM), the cloud's identity at a broker that takes the
+    /// certificate's CN as the user name (deploy/mosquitto/). Needs --mqtt-tls-key.
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_CERT",
+        value_name = "PEM",
+        requires_all = ["mqtt_tls_ca", "mqtt_tls_key"]
+    )]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_KEY",
+        value_name = "PEM",
+        requires = "mqtt_tls_cert"
+    )]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry (default: --mqtt-host).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_MQTT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "mqtt_tls_ca"
+    )]
+    pub mqtt_tls_server_name: Option<String>,
 }
 
 impl BrokerArgs {
-    fn broker_config(&self, default_client_id: &str) -> MqttBrokerConfig {
+    /// The broker settings these flags give, with `default_client_id` unless
+    /// `--mqtt-client-id` names one.
+    pub fn broker_config(&self, default_client_id: &str) -> MqttBrokerConfig {
         MqttBrokerConfig {
             host: self.mqtt_host.clone(),
             port: self.mqtt_port,
@@ -215,6 +279,12 @@ impl BrokerArgs {
             password: self.mqtt_password.clone(),
             shared_group: self.mqtt_shared_group.clone(),
             max_inflight: self.mqtt_max_inflight,
+            tls: self.mqtt_tls_ca.as_ref().map(|ca| MqttTls {
+                ca_file: ca.clone(),
+                cert_file: self.mqtt_tls_cert.clone(),
+                key_file: self.mqtt_tls_key.clone(),
+                server_name: self.mqtt_tls_server_name.clone(),
+            }),
             ..MqttBrokerConfig::default()
         }
     }
@@ -663,5 +733,35 @@ mod tests {
         );
         let heal = k.heal.heal_config();
         assert_eq!(heal.policy.backoff_first, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_reach_the_broker_config() {
+        let base = ["mqtt", "--database-url", "u"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let cli = with(&[
+            "--mqtt-tls-ca",
+            "/ca.pem",
+            "--mqtt-tls-cert",
+            "/c.pem",
+            "--mqtt-tls-key",
+            "/k.pem",
+            "--mqtt-tls-server-name",
+            "broker.lab",
+        ])
+        .unwrap();
+        let Command::Mqtt(m) = cli.command else {
+            panic!("not mqtt")
+        };
+        let tls = m.broker.broker_config("x").tls.expect("tls set");
+        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.server_name.as_deref(), Some("broker.lab"));
+        assert!(with(&["--mqtt-tls-cert", "/c.pem", "--mqtt-tls-key", "/k.pem"]).is_err());
+        assert!(with(&["--mqtt-tls-ca", "/ca.pem", "--mqtt-tls-cert", "/c.pem"]).is_err());
+        assert!(with(&["--mqtt-tls-ca", "/ca.pem", "--mqtt-tls-key", "/k.pem"]).is_err());
+        let Command::Mqtt(m) = with(&[]).unwrap().command else {
+            panic!("not mqtt")
+        };
+        assert!(m.broker.broker_config("x").tls.is_none());
     }
 }

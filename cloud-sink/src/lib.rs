@@ -25,7 +25,8 @@
 //! - [`heal`]: gap repair: the writer reports committed gaps over a bounded channel and a
 //!   task asks the RAE for a `resync` of that session (one outstanding per session,
 //!   backoff, a token bucket per RAE, a cap on tracked sessions).
-//! - [`mqtt_connect`]: the broker flags turned into rumqttc options, for every client.
+//! - [`mqtt_connect`]: the one place MQTT options are built (address, credentials, TLS with
+//!   rustls and ring), for the source, the bridge and the command requester.
 //! - [`ops`]: Prometheus `/metrics`, `/healthz`, `/readyz` on a tiny HTTP responder, and the
 //!   SIGTERM/SIGINT handling.
 //!

@@ -37,7 +37,13 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The RAE's serial: `[A-Za-z0-9_-]{1,64}`, also its MQTT user name (the certificate CN).
+    /// May be left out with `serial_from_certificate`.
+    #[serde(default)]
     pub serial: String,
+    /// Take the serial from the client certificate's subject CN (`mqtt.tls.cert_file`), the
+    /// identity the broker's ACL knows the RAE by; a `serial` given too must be the same.
+    #[serde(default)]
+    pub serial_from_certificate: bool,
     /// The LAN-side interface the DUTs are plugged into.
     pub lan_interface: String,
     /// Holds `registry.db`.
@@ -75,15 +81,38 @@ pub struct MqttConfig {
     pub tcp_send_buffer_bytes: Option<u32>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// MQTT user name, for brokers that authenticate by password (with or without TLS); a
+    /// fleet broker with `use_identity_as_username` takes the certificate's CN instead.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password (its first line), so that the config file can be readable
+    /// by more than the agent. Needs `username`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `username` with the password read from `password_file` by [`Config::load`].
+    #[serde(skip)]
+    pub credentials: Option<crate::publish::Credentials>,
 }
 
-/// Client-certificate TLS; the certificate's CN is the serial, which the broker's ACL uses.
+/// TLS to the broker: its certificate verified against `ca_file` and its name (always), and
+/// optionally a client certificate, whose CN is the serial the broker's ACL uses.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM: the CA (or CAs) that signed the broker's certificate; the only ones trusted.
     pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    /// PEM: the client certificate (and its chain), with `key_file`; both or neither.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM: the client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry; defaults to `mqtt.host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The client certificate's subject CN, read by [`Config::load`].
+    #[serde(skip)]
+    pub common_name: Option<String>,
 }
 
 /// Timers of the registry core.
@@ -387,6 +416,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config is not valid: {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("config is not valid: mqtt.tls")]
+    Tls {
+        #[source]
+        source: crate::publish::transport::TransportError,
+    },
 }
 
 impl Config {
@@ -394,7 +428,17 @@ impl Config {
     pub const MIN_SEND_BUFFER: u32 = 2048;
     pub const MAX_SEND_BUFFER: u32 = 16 << 20;
 
-    /// Reads, parses, applies the overrides and validates.
+    /// [`Config::load`], then [`Config::read_identity`] (the TLS and password files, the serial
+    /// from the certificate) and the validation again: what the daemon and `--check-config`
+    /// use. `raectl`, which only needs the state directory, need not be able to read the key.
+    pub fn load_with_identity(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = Config::load(path, overrides)?;
+        config.read_identity()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses, applies the overrides and validates; reads no file the config names.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -410,6 +454,115 @@ impl Config {
         config.apply(overrides);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads and checks the TLS files and the password file, and takes the serial from the
+    /// certificate when asked to: a file that cannot be used fails the start, not the first
+    /// connection.
+    pub fn read_identity(&mut self) -> Result<(), ConfigError> {
+        self.check_identity_keys()?;
+        if let Some(tls) = &mut self.mqtt.tls {
+            crate::publish::transport::load(tls, &self.mqtt.host)
+                .map_err(|source| ConfigError::Tls { source })?;
+            if let Some(cert) = &tls.cert_file {
+                let cn = crate::publish::transport::certificate_common_name(cert)
+                    .map_err(|source| ConfigError::Tls { source })?;
+                tls.common_name = Some(cn);
+            }
+        }
+        if self.agent.serial_from_certificate {
+            let tls = self.mqtt.tls.as_ref();
+            let (Some(cn), Some(cert)) = (
+                tls.and_then(|t| t.common_name.clone()),
+                tls.and_then(|t| t.cert_file.clone()),
+            ) else {
+                return Err(ConfigError::Invalid {
+                    key: "agent.serial_from_certificate",
+                    reason: "needs a client certificate (mqtt.tls.cert_file)".into(),
+                });
+            };
+            if self.agent.serial.is_empty() {
+                self.agent.serial = cn;
+            } else if self.agent.serial != cn {
+                return Err(ConfigError::Invalid {
+                    key: "agent.serial",
+                    reason: format!(
+                        "{:?} disagrees with the CN {cn:?} of the client certificate {} \
+                         (agent.serial_from_certificate = true); remove agent.serial or make \
+                         them agree",
+                        self.agent.serial,
+                        cert.display()
+                    ),
+                });
+            }
+        }
+        if let Some(path) = &self.mqtt.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let password = text.lines().next().unwrap_or_default().to_owned();
+            self.mqtt.credentials = Some(crate::publish::Credentials {
+                user: self.mqtt.username.clone().unwrap_or_default(),
+                password,
+            });
+        } else if let Some(user) = &self.mqtt.username {
+            self.mqtt.credentials = Some(crate::publish::Credentials {
+                user: user.clone(),
+                password: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The key combinations [`Config::read_identity`] and [`Config::validate`] both refuse.
+    fn check_identity_keys(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(tls) = &self.mqtt.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return invalid(
+                    "mqtt.tls",
+                    "cert_file and key_file go together (a client certificate needs its key)",
+                );
+            }
+        }
+        if self.agent.serial_from_certificate
+            && !self
+                .mqtt
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.cert_file.is_some())
+        {
+            return invalid(
+                "agent.serial_from_certificate",
+                "needs a client certificate (mqtt.tls.cert_file and key_file)",
+            );
+        }
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            return invalid("mqtt.password_file", "needs mqtt.username");
+        }
+        if self.mqtt.username.as_deref().is_some_and(str::is_empty) {
+            return invalid("mqtt.username", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// When the serial is not the client certificate's CN: a broker whose ACL takes the CN as
+    /// the user name refuses every publish on this serial's topics.
+    pub fn identity_warning(&self) -> Option<String> {
+        let cn = self.mqtt.tls.as_ref()?.common_name.as_deref()?;
+        (cn != self.agent.serial).then(|| {
+            format!(
+                "agent.serial {:?} is not the client certificate's CN {cn:?}: a broker that \
+                 uses the certificate as the identity will refuse this agent's publishes",
+                self.agent.serial
+            )
+        })
     }
 
     /// Parses TOML text; does not validate (see [`Config::validate`]).
@@ -462,7 +615,17 @@ impl Config {
     /// Checks what the types cannot: names, ranges and how the timers relate.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
-        if !is_valid_serial(&self.agent.serial) {
+        self.check_identity_keys()?;
+        // Filled from the certificate by `read_identity`; until then it may be empty.
+        let from_certificate = self.agent.serial_from_certificate && self.agent.serial.is_empty();
+        if self.agent.serial.is_empty() && !from_certificate {
+            return invalid(
+                "agent.serial",
+                "is required (or agent.serial_from_certificate = true with a client certificate)"
+                    .into(),
+            );
+        }
+        if !from_certificate && !is_valid_serial(&self.agent.serial) {
             return invalid(
                 "agent.serial",
                 format!(
@@ -585,13 +748,6 @@ impl Config {
                 "ssdp_search_interval_secs and mdns_query_interval_secs must be at least 1".into(),
             );
         }
-        if self.mqtt.tls.is_some() {
-            return invalid(
-                "mqtt.tls",
-                "this build has no TLS support; remove [mqtt.tls] or use a TLS-terminating proxy"
-                    .into(),
-            );
-        }
         if self.log.max_per_minute == 0 {
             return invalid("log.max_per_minute", "must be at least 1".into());
         }
@@ -644,6 +800,7 @@ impl Config {
         Config {
             agent: AgentConfig {
                 serial: "REPLAY".to_owned(),
+                serial_from_certificate: false,
                 lan_interface: "replay".to_owned(),
                 state_dir: default_state_dir(),
                 control_socket: default_control_socket(),
@@ -657,6 +814,9 @@ impl Config {
                 keep_alive_secs: default_keep_alive_secs(),
                 tcp_send_buffer_bytes: None,
                 tls: None,
+                username: None,
+                password_file: None,
+                credentials: None,
             },
             registry: RegistryConfig::default(),
             publish: PublishConfig::default(),
@@ -710,8 +870,25 @@ impl fmt::Display for Config {
             self.mqtt.port,
             self.client_id(),
             self.mqtt.keep_alive_secs,
-            if self.mqtt.tls.is_some() { "on" } else { "off" }
+            match &self.mqtt.tls {
+                None => "off".to_owned(),
+                Some(tls) => format!(
+                    "on (CA {}, client certificate {}, server name {})",
+                    tls.ca_file.display(),
+                    tls.cert_file
+                        .as_ref()
+                        .map_or("none".to_owned(), |p| p.display().to_string()),
+                    tls.server_name.as_deref().unwrap_or(&self.mqtt.host)
+                ),
+            }
         )?;
+        if let Some(user) = &self.mqtt.username {
+            writeln!(
+                f,
+                "mqtt user           {user} (password from file: {})",
+                self.mqtt.password_file.is_some()
+            )?;
+        }
         writeln!(
             f,
             "probes              every {} s, offline after {} misses, gone after {} s, \
@@ -774,6 +951,9 @@ impl fmt::Display for Config {
             self.log.level, self.log.format
         )?;
         if let Some(warning) = self.probe_budget_warning() {
+            write!(f, "\nwarning             {warning}")?;
+        }
+        if let Some(warning) = self.identity_warning() {
             write!(f, "\nwarning             {warning}")?;
         }
         Ok(())

@@ -261,3 +261,125 @@ fn the_control_group_is_a_name_and_unset_by_default() {
     let text = MINIMAL.replace("[mqtt]", "control_group = 1000\n[mqtt]");
     assert!(Config::parse(&text).is_err(), "a gid is not a group name");
 }
+
+/// A CA and a client certificate CN=`cn` (rcgen), in `dir`; returns the `[mqtt.tls]` table.
+fn write_pki(dir: &Path, cn: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::new()).unwrap();
+    client.distinguished_name.push(DnType::CommonName, cn);
+    let cert = client.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), key.serialize_pem()).unwrap();
+    format!(
+        "[mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key")
+    )
+}
+
+fn load_text(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load_with_identity(&path, &Overrides::default())
+}
+
+#[test]
+fn the_serial_comes_from_the_certificate_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = write_pki(dir.path(), "RAE-0042");
+    let base = "[agent]\nlan_interface = \"lan0\"\nserial_from_certificate = true\n\
+                [mqtt]\nhost = \"127.0.0.1\"\n";
+    let config = load_text(dir.path(), &format!("{base}{tls}")).unwrap();
+    assert_eq!(config.agent.serial, "RAE-0042");
+    assert_eq!(config.identity_warning(), None);
+
+    let agreeing = base.replace("[agent]\n", "[agent]\nserial = \"RAE-0042\"\n");
+    load_text(dir.path(), &format!("{agreeing}{tls}")).unwrap();
+    let disagreeing = base.replace("[agent]\n", "[agent]\nserial = \"RAE-0001\"\n");
+    let err = load_text(dir.path(), &format!("{disagreeing}{tls}")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("agent.serial") && text.contains("RAE-0042") && text.contains("client.pem"),
+        "{text}"
+    );
+
+    // Without serial_from_certificate a different serial is allowed, and said.
+    let config = load_text(dir.path(), &format!("{MINIMAL}{tls}")).unwrap();
+    let warning = config
+        .identity_warning()
+        .expect("a serial that is not the CN is said");
+    assert!(warning.contains("RAE-0042"), "{warning}");
+}
+
+#[test]
+fn bad_tls_and_credential_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = write_pki(dir.path(), "RAE-0001");
+    let valid = load_text(dir.path(), &format!("{MINIMAL}{tls}")).unwrap();
+    assert!(valid.mqtt.tls.is_some());
+    assert!(valid.to_string().contains("tls on (CA"), "{valid}");
+
+    let no_key = tls
+        .lines()
+        .filter(|l| !l.starts_with("key_file"))
+        .collect::<Vec<_>>();
+    expect_invalid(&format!("{MINIMAL}{}\n", no_key.join("\n")), "mqtt.tls");
+    let no_cert = "[agent]\nlan_interface = \"lan0\"\nserial_from_certificate = true\n\
+                   [mqtt]\nhost = \"b\"\n[mqtt.tls]\nca_file = \"/ca.pem\"\n";
+    expect_invalid(no_cert, "agent.serial_from_certificate");
+    expect_invalid(
+        &MINIMAL.replace(
+            "host = \"broker.lab\"",
+            "host = \"b\"\npassword_file = \"/p\"",
+        ),
+        "mqtt.password_file",
+    );
+    assert!(Config::parse(&format!("{MINIMAL}{tls}colour = 1\n")).is_err());
+
+    // Files that cannot be used fail the load, naming the file.
+    let missing = tls.replace("client.key", "gone.key");
+    let err = load_text(dir.path(), &format!("{MINIMAL}{missing}")).unwrap_err();
+    assert!(matches!(err, ConfigError::Tls { .. }), "{err:?}");
+    assert!(crate::error_chain(&err).contains("gone.key"), "{err:?}");
+    // raectl reads only the state directory: it need not be able to read the key.
+    let path = dir.path().join("config.toml");
+    assert!(Config::load(&path, &Overrides::default()).is_ok());
+    std::fs::write(dir.path().join("junk.pem"), "nothing\n").unwrap();
+    let junk = tls.replace("ca.pem", "junk.pem");
+    let err = load_text(dir.path(), &format!("{MINIMAL}{junk}")).unwrap_err();
+    assert!(crate::error_chain(&err).contains("junk.pem"), "{err:?}");
+}
+
+#[test]
+fn the_password_comes_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let text = MINIMAL.replace(
+        "host = \"broker.lab\"",
+        &format!("host = \"b\"\nusername = \"rae\"\npassword_file = {file:?}"),
+    );
+    let config = load_text(dir.path(), &text).unwrap();
+    let credentials = config.mqtt.credentials.clone().expect("credentials");
+    assert_eq!(
+        (credentials.user.as_str(), credentials.password.as_str()),
+        ("rae", "s3cret")
+    );
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "Debug hides the password"
+    );
+    let gone = text.replace("password\"", "nothing\"");
+    assert!(matches!(
+        load_text(dir.path(), &gone),
+        Err(ConfigError::Read { .. })
+    ));
+}

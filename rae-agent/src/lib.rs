@@ -41,7 +41,8 @@
 //! - [`config`]: `/etc/rae-agent/config.toml`, nested and strict (unknown keys are errors),
 //!   with command-line overrides and `--check-config`.
 //!
-//! Limitations: no MQTT TLS (a configured `[mqtt.tls]` is refused at start).
+//! Limitations: MQTT TLS (`publish/transport.rs`) reads its files at start and per publisher
+//! run: a renewed certificate takes effect after a restart.
 
 pub mod capture;
 pub mod clock;

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     if let Some(path) = &args.pcap {
         return replay(path, &args, &overrides);
     }
-    let config = match Config::load(&args.config, &overrides) {
+    let config = match Config::load_with_identity(&args.config, &overrides) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("rae-agent: {}", error_chain(&err));

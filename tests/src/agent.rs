@@ -25,6 +25,8 @@ pub struct AgentSpec {
     pub mqtt_port: u16,
     /// More lines for the `[mqtt]` table (e.g. `tcp_send_buffer_bytes = 4096`).
     pub mqtt_extra: String,
+    /// More lines for the `[agent]` table (e.g. `serial_from_certificate = true`).
+    pub agent_extra: String,
     pub probe_interval_secs: u64,
     pub offline_after_misses: u32,
     pub gone_after_secs: u64,
@@ -67,6 +69,7 @@ impl AgentSpec {
             mqtt_host: mqtt_host.to_owned(),
             mqtt_port,
             mqtt_extra: String::new(),
+            agent_extra: String::new(),
             probe_interval_secs: 1,
             offline_after_misses: 3,
             gone_after_secs: 20,
@@ -104,7 +107,7 @@ impl AgentSpec {
         );
         format!(
             "[agent]\nserial = {:?}\nlan_interface = {:?}\nstate_dir = {:?}\n\
-             control_socket = {:?}\n{}status_interval_secs = {}\n\
+             control_socket = {:?}\n{}status_interval_secs = {}\n{}\n\
              [mqtt]\nhost = {:?}\nport = {}\nkeep_alive_secs = 5\n{}\n\
              [registry]\nprobe_interval_secs = {}\noffline_after_misses = {}\ngone_after_secs = {}\n{}\
              [publish]\nsnapshot_interval_secs = {}\ninventory_interval_secs = {}\n{}\
@@ -116,6 +119,7 @@ impl AgentSpec {
             self.control_socket.display().to_string(),
             control_group,
             self.status_interval_secs,
+            self.agent_extra,
             self.mqtt_host,
             self.mqtt_port,
             self.mqtt_extra,

@@ -17,6 +17,8 @@
 //!   its port (floods, address churn).
 //! - [`stream_check`]: what a QoS 1 subscriber may rely on (no gap, no reorder, duplicates
 //!   byte-identical), checked, and the folded state compared with the registry.
+//! - [`certs`]: test certificates made at run time (a fleet CA, the broker, RAEs, the cloud,
+//!   a foreign CA); the fleet broker of `deploy/mosquitto/` is `Mosquitto::start_fleet`.
 //! - [`procstat`]: a process's CPU time, memory and writes, and the machine's softirq time, from
 //!   `/proc`, for the benchmarks.
 //!
@@ -27,6 +29,7 @@
 //! `scripts/setup` fetches into `tests/kafka/lib`.
 
 pub mod agent;
+pub mod certs;
 pub mod cloud_command;
 pub mod inject;
 pub mod labdir;

@@ -68,9 +68,6 @@ impl MqttWatch {
         filters: &[&str],
         clean_session: bool,
     ) -> Result<MqttWatch> {
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
         let mut options = MqttOptions::new(client_id, host, port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_clean_start(clean_session);
@@ -78,6 +75,17 @@ impl MqttWatch {
             // MQTT v5: the session outlives the connection only with an expiry interval.
             options.set_session_expiry_interval(Some(3600));
         }
+        MqttWatch::start_with_options(options, filters)
+    }
+
+    /// A subscriber with `options` as they are (TLS, a client certificate); returns once
+    /// every filter's SUBACK came, whatever its reason code.
+    pub fn start_with_options(options: MqttOptions, filters: &[&str]) -> Result<MqttWatch> {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
+        let client_id = options.client_id();
+        let (host, port) = options.broker_address();
         let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         let sink = Arc::clone(&messages);
         let thread = std::thread::Builder::new()

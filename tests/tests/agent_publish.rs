@@ -717,7 +717,7 @@ async fn the_inventory_lists_the_sessions_it_is_given() {
 }
 
 #[tokio::test]
-async fn tls_settings_are_refused_not_ignored() {
+async fn tls_files_that_cannot_be_read_stop_the_publisher_naming_the_file() {
     let outbox = Outbox::open();
     let settings = PublisherSettings {
         serial: serial(),
@@ -733,8 +733,10 @@ async fn tls_settings_are_refused_not_ignored() {
         agent_version: "0.0.0-test".into(),
         tls: Some(rae_agent::config::TlsConfig {
             ca_file: "/etc/rae-agent/ca.pem".into(),
-            cert_file: "/etc/rae-agent/cert.pem".into(),
-            key_file: "/etc/rae-agent/key.pem".into(),
+            cert_file: Some("/etc/rae-agent/cert.pem".into()),
+            key_file: Some("/etc/rae-agent/key.pem".into()),
+            server_name: None,
+            common_name: None,
         }),
         credentials: None,
         fault: None,
@@ -749,10 +751,11 @@ async fn tls_settings_are_refused_not_ignored() {
             .unwrap()
             .unwrap();
         match result {
-            Err(err @ PublishError::TlsUnsupported { .. }) => {
-                assert!(err.to_string().contains("no TLS support"), "{err}");
+            Err(err @ PublishError::Transport(_)) => {
+                let text = rae_agent::error_chain(&err);
+                assert!(text.contains("/etc/rae-agent/ca.pem"), "{text}");
             }
-            other => panic!("expected the TLS refusal, got {other:?}"),
+            other => panic!("expected the TLS file error, got {other:?}"),
         }
     }
 }

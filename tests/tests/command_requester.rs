@@ -40,6 +40,10 @@ fn broker(mosquitto: &Mosquitto) -> BrokerArgs {
         mqtt_password: None,
         mqtt_shared_group: None,
         mqtt_max_inflight: 100,
+        mqtt_tls_ca: None,
+        mqtt_tls_cert: None,
+        mqtt_tls_key: None,
+        mqtt_tls_server_name: None,
     }
 }
 

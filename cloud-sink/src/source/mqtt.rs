@@ -81,6 +81,8 @@ impl Default for MqttSourceConfig {
 pub enum MqttSourceError {
     #[error("invalid MQTT source config: {0}")]
     Config(String),
+    #[error("cannot set up the MQTT connection")]
+    Connect(#[from] crate::mqtt_connect::MqttConnectError),
     #[error("the writer stopped (lane {lane}); the source ended without writing further")]
     WriterStopped { lane: u32 },
 }
@@ -135,13 +137,13 @@ pub async fn run<W: BatchWriter>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MqttSourceError> {
     config.validate()?;
+    let connection = intake::connect(&config.broker)?;
     let (stop_tx, mut stop) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
         stop_tx
     });
-    let connection = intake::connect(&config.broker);
     let (report_tx, reports) = mpsc::unbounded_channel();
     let mut workers = JoinSet::new();
     // Room for the whole receive window plus a flush marker per record: the router only

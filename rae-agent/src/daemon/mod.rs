@@ -223,6 +223,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     };
     notifier.ready(&format!("watching {interface}"));
     info!(%interface, version = agent.version, "agent running");
+    if let Some(warning) = config.identity_warning() {
+        warn!("{warning}");
+    }
     if let Some(warning) = config.probe_budget_warning() {
         warn!("{warning}");
     }

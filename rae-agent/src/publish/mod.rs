@@ -24,10 +24,13 @@
 //!   `flight.rs`: maps PUBACKs back to outbox rows; `gate.rs`: one unacknowledged row per
 //!   session; `packet.rs`: packet sizes, reason codes, rows sent before; `backoff.rs`:
 //!   exponential backoff with jitter.
+//! - `transport.rs`: TLS (rustls, ring) with the CA, the client certificate and the server
+//!   name of `[mqtt.tls]`, the user name and password, and the one-line reason of a failed
+//!   handshake.
 //!
-//! Limitations: no TLS in this build (rumqttc is built without a TLS stack), so a configured
-//! `[mqtt.tls]` is an error, not ignored. Every connection is a clean start: the outbox, not
-//! the broker session, holds what is unacknowledged.
+//! Limitations: the TLS files are read at start and by each publisher run, not on every
+//! reconnect (a rotated certificate takes a restart). Every connection is
+//! a clean start: the outbox, not the broker session, holds what is unacknowledged.
 
 mod backoff;
 mod commands;
@@ -37,8 +40,8 @@ mod gate;
 mod packet;
 mod publisher;
 mod supervise;
+pub mod transport;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rae_proto::{NameError, Serial};
@@ -69,10 +72,10 @@ pub struct PublisherSettings {
     pub backoff_max: Duration,
     /// Goes into the retained status.
     pub agent_version: String,
-    /// Client-certificate TLS: not supported by this build, [`run`] refuses it.
+    /// TLS to the broker (`transport.rs`); its files are read again by every [`run`].
     pub tls: Option<TlsConfig>,
-    /// User name and password, for brokers that authenticate that way (the config file has no
-    /// keys for them: on an RAE the client certificate is the identity).
+    /// User name and password, for brokers that authenticate that way (`mqtt.username`,
+    /// `mqtt.password_file`); on a fleet broker the client certificate is the identity.
     pub credentials: Option<Credentials>,
     /// A failure to inject, for fault tests; `None` unless [`Fault::from_env`] found one.
     pub fault: Option<Fault>,
@@ -170,18 +173,13 @@ impl PublisherSettings {
             backoff_max: Self::DEFAULT_BACKOFF_MAX,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             tls: config.mqtt.tls.clone(),
-            credentials: None,
+            credentials: config.mqtt.credentials.clone(),
             fault: None,
         })
     }
 
     /// What [`run`] refuses before it connects.
     fn check(&self) -> Result<(), PublishError> {
-        if let Some(tls) = &self.tls {
-            return Err(PublishError::TlsUnsupported {
-                cert_file: tls.cert_file.clone(),
-            });
-        }
         let invalid = |setting, reason: String| Err(PublishError::Settings { setting, reason });
         if self.keep_alive < Duration::from_secs(5) {
             return invalid(
@@ -295,11 +293,8 @@ impl PublisherStatus {
 /// Why the publisher cannot run or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error(
-        "MQTT over TLS is configured ([mqtt.tls], certificate {cert_file}) but this build of \
-         rae-agent has no TLS support; remove [mqtt.tls] or use a build with TLS"
-    )]
-    TlsUnsupported { cert_file: PathBuf },
+    #[error("the MQTT transport cannot be set up")]
+    Transport(#[from] transport::TransportError),
     #[error("agent serial {serial:?} is not valid: {source}")]
     Serial {
         serial: String,
@@ -364,16 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_bad_settings_are_refused_with_their_reason() {
-        let text = format!(
-            "{CONFIG}\n[mqtt.tls]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
-        );
-        let config = Config::parse(&text).unwrap();
-        let settings = PublisherSettings::from_config(&config).unwrap();
-        let err = settings.check().unwrap_err();
-        assert!(matches!(err, PublishError::TlsUnsupported { .. }));
-        assert!(err.to_string().contains("no TLS support"), "{err}");
-
+    fn bad_settings_are_refused_with_their_reason() {
         let mut config = Config::parse(CONFIG).unwrap();
         config.agent.serial = "bad/serial".into();
         assert!(matches!(

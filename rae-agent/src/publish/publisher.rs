@@ -78,9 +78,7 @@ pub(super) async fn run_after(
         network.set_tcp_send_buffer_size(bytes);
         options.set_network_options(network);
     }
-    if let Some(credentials) = &settings.credentials {
-        options.set_credentials(&credentials.user, &credentials.password);
-    }
+    super::transport::apply(&mut options, &settings)?;
     // Room for every row in flight plus the status, the inventory and a DISCONNECT, and the
     // command side's replies and subscription, so that queueing a request never waits (see
     // `Publisher::fill`).
@@ -576,7 +574,7 @@ impl Publisher {
     }
 
     fn lost(&mut self, error: &ConnectionError, resume: oneshot::Sender<Duration>) {
-        let cause = crate::error_chain(error);
+        let (cause, tls_failed) = super::transport::explain(error, &self.settings);
         match self.link {
             Link::Up { since } => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "lost the connection to the MQTT broker");
@@ -597,6 +595,10 @@ impl Publisher {
             }
             Link::Starting => {
                 tracing::warn!(cause = %cause, broker = %self.broker(), "cannot connect to the MQTT broker; retrying with backoff");
+            }
+            // A TLS failure does not cure itself: one line per attempt (the backoff spaces them).
+            Link::Down if tls_failed => {
+                tracing::warn!(cause = %cause, broker = %self.broker(), "reconnect failed");
             }
             Link::Down => tracing::debug!(cause = %cause, "reconnect failed"),
         }

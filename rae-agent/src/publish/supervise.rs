@@ -97,7 +97,7 @@ pub async fn supervise(
 fn is_fatal(err: &PublishError) -> bool {
     matches!(
         err,
-        PublishError::TlsUnsupported { .. }
+        PublishError::Transport(_)
             | PublishError::Serial { .. }
             | PublishError::Settings { .. }
             | PublishError::Store(StoreError::ThreadStopped)

@@ -16,6 +16,10 @@ use super::process::{
 use super::ServiceError;
 use crate::labdir::OwnedDir;
 
+#[path = "mosquitto_fleet.rs"]
+mod fleet;
+pub use fleet::{deploy_dir, FleetTls};
+
 const SERVICE: &str = "mosquitto";
 const READY_WITHIN: Duration = Duration::from_secs(15);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

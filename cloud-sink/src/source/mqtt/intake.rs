@@ -43,6 +43,8 @@ pub struct MqttBrokerConfig {
     pub max_packet_bytes: u32,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<crate::mqtt_connect::MqttTls>,
 }
 
 impl Default for MqttBrokerConfig {
@@ -64,6 +66,7 @@ impl Default for MqttBrokerConfig {
             max_packet_bytes: 1024 * 1024,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
+            tls: None,
         }
     }
 }
@@ -96,19 +99,16 @@ impl MqttBrokerConfig {
         None
     }
 
-    fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
-        o.set_keep_alive(Duration::from_secs(self.keep_alive_secs))
-            .set_manual_acks(true)
+    /// The common options ([`crate::mqtt_connect::connect_options`]) and a consumer's.
+    fn options(&self) -> Result<MqttOptions, crate::mqtt_connect::MqttConnectError> {
+        let mut o = crate::mqtt_connect::connect_options(self)?;
+        o.set_manual_acks(true)
             .set_clean_start(false)
             .set_session_expiry_interval(Some(self.session_expiry_secs))
             .set_receive_maximum(Some(self.max_inflight))
             .set_max_packet_size(Some(self.max_packet_bytes))
             .set_request_channel_capacity(self.request_capacity());
-        if let Some(user) = &self.username {
-            o.set_credentials(user, self.password.clone().unwrap_or_default());
-        }
-        o
+        Ok(o)
     }
 
     /// Room for every acknowledgement the broker can be owed, plus subscribes and the
@@ -162,25 +162,28 @@ pub(crate) struct Connection {
     pub task: JoinHandle<()>,
 }
 
-/// Starts the event loop task.
-pub(crate) fn connect(config: &MqttBrokerConfig) -> Connection {
-    let (client, eventloop) = AsyncClient::new(config.options(), config.request_capacity());
+/// Starts the event loop task; fails on TLS files that cannot be used.
+pub(crate) fn connect(
+    config: &MqttBrokerConfig,
+) -> Result<Connection, crate::mqtt_connect::MqttConnectError> {
+    let (client, eventloop) = AsyncClient::new(config.options()?, config.request_capacity());
     let (tx, intake) = mpsc::channel(usize::from(config.max_inflight) + 16);
     let task = tokio::spawn(drive(
         eventloop,
         client.clone(),
         config.subscriptions(),
+        config.tls.clone(),
         Backoff::new(
             Duration::from_millis(config.reconnect_min_ms.max(1)),
             Duration::from_millis(config.reconnect_max_ms.max(config.reconnect_min_ms)),
         ),
         tx,
     ));
-    Connection {
+    Ok(Connection {
         client,
         intake,
         task,
-    }
+    })
 }
 
 /// The client's request channel refused an acknowledgement: the event loop is gone or
@@ -205,6 +208,7 @@ async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscriptions: Vec<Filter>,
+    tls: Option<crate::mqtt_connect::MqttTls>,
     mut backoff: Backoff,
     tx: mpsc::Sender<Intake>,
 ) {
@@ -244,7 +248,7 @@ async fn drive(
                 let (resume, resumed) = oneshot::channel();
                 if tx
                     .send(Intake::Lost {
-                        cause: e.to_string(),
+                        cause: crate::mqtt_connect::explain(&e, tls.as_ref()),
                         resume,
                     })
                     .await

@@ -96,6 +96,10 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         mqtt_password: None,
         mqtt_shared_group: None,
         mqtt_max_inflight: 100,
+        mqtt_tls_ca: None,
+        mqtt_tls_cert: None,
+        mqtt_tls_key: None,
+        mqtt_tls_server_name: None,
     };
     let serial = Serial::new(SERIAL).context("serial")?;
     runtime.block_on(async {
