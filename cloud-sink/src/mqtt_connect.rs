@@ -75,9 +75,14 @@ pub enum MqttConnectError {
     ServerName { name: String },
 }
 
-/// The options for a connection as `client_id` to the broker the command line names.
+/// The options for a connection as `client_id` (exactly: `--mqtt-client-id` is the caller's
+/// to apply) to the broker the command line names. A second client of one process, such as
+/// the gap healer's command client next to the MQTT source, must not take the source's id:
+/// the broker would drop one for the other, over and over.
 pub fn options(broker: &BrokerArgs, client_id: &str) -> Result<MqttOptions, MqttConnectError> {
-    connect_options(&broker.broker_config(client_id))
+    let mut config = broker.broker_config(client_id);
+    client_id.clone_into(&mut config.client_id);
+    connect_options(&config)
 }
 
 /// The one place MQTT options are built: address, client id, keep-alive, credentials, TLS.
@@ -271,7 +276,28 @@ impl ServerCertVerifier for NamedServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    #[test]
+    fn options_connect_as_the_client_id_given_even_when_the_flags_name_one() {
+        let cli = crate::config::Cli::try_parse_from([
+            "cloud-sink",
+            "mqtt",
+            "--database-url",
+            "u",
+            "--mqtt-client-id",
+            "sink-1",
+        ])
+        .unwrap();
+        let crate::config::Command::Mqtt(m) = cli.command else {
+            panic!("not mqtt")
+        };
+        // The gap healer's client next to the source: a clash would make the broker drop
+        // one for the other.
+        let options = options(&m.broker, "sink-1-cmd").unwrap();
+        assert_eq!(options.client_id(), "sink-1-cmd");
+    }
 
     #[test]
     fn tls_options_load_and_bad_files_are_named() {

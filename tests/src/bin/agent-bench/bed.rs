@@ -9,17 +9,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cloud_sink::mqtt_connect::{connect_options, MqttTls};
+use cloud_sink::source::mqtt::MqttBrokerConfig;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rae_proto::{AgentState, Mac, Status};
 use rae_tests::agent::{raectl, AgentSpec};
+use rae_tests::certs::{FleetPki, CLOUD_IDENTITY};
 use rae_tests::mqtt_watch::MqttWatch;
 use rae_tests::netlab::{wait_until, Lab, LabConfig};
+use rae_tests::services::mosquitto::FleetTls;
 use rae_tests::services::{BrokerSetup, Mosquitto, MosquittoOptions};
 use serde_json::Value;
 
 pub const SERIAL: &str = "BENCH-RAE-1";
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Which broker the bed runs.
+pub enum BrokerKind {
+    /// mosquitto on plain TCP, anonymous, with these extra `mosquitto.conf` lines.
+    Plain { extra_config: String },
+    /// The fleet broker of `deploy/mosquitto/` as shipped (TLS, client certificates, the
+    /// per-RAE ACL), with certificates made for this run; the agent connects as its serial,
+    /// the subscriber (and [`Bed::cloud_tls`]) as the cloud identity.
+    Fleet,
+}
 
 /// `target/release/rae-agent`, found from this executable's place in `target/<profile>/`.
 pub fn default_agent_binary() -> Result<PathBuf> {
@@ -115,6 +129,8 @@ pub struct Bed {
     pub spec: AgentSpec,
     /// The agent and the subscriber talk to it; `outage` stops and starts it.
     pub broker: Mosquitto,
+    /// The certificates of a [`BrokerKind::Fleet`] bed (removed on drop, after the broker).
+    pub pki: Option<FleetPki>,
     pub lab: Lab,
 }
 
@@ -122,29 +138,73 @@ impl Bed {
     /// Starts everything. The agent gets the shipped timer defaults (probes every 10 s,
     /// status every 5 s, SSDP/mDNS searches every 5 min) and `gone_after_secs`.
     pub fn start(agent_bin: &Path, gone_after_secs: u64, lab_config: LabConfig) -> Result<Bed> {
-        Bed::start_with(agent_bin, gone_after_secs, lab_config, "", "")
+        Bed::start_with(
+            agent_bin,
+            gone_after_secs,
+            lab_config,
+            "",
+            BrokerKind::Plain {
+                extra_config: String::new(),
+            },
+        )
     }
 
-    /// [`Bed::start`] with more config tables for the agent (e.g. `[control]`) and more
-    /// lines for `mosquitto.conf`.
+    /// [`Bed::start`] with more config tables for the agent (e.g. `[control]`) and a choice
+    /// of broker.
     pub fn start_with(
         agent_bin: &Path,
         gone_after_secs: u64,
         lab_config: LabConfig,
         extra_toml: &str,
-        broker_config: &str,
+        broker_kind: BrokerKind,
     ) -> Result<Bed> {
         let lab = Lab::start(lab_config).context("starting the lab")?;
-        let broker = Mosquitto::start_setup(
-            MosquittoOptions::default(),
-            BrokerSetup {
-                extra_config: broker_config.to_owned(),
-                ..BrokerSetup::default()
-            },
-        )
-        .context("starting mosquitto")?;
-        let watch = MqttWatch::start(broker.host(), broker.port(), "bench-watch", &["rae/v1/#"])
-            .context("subscribing to rae/v1/#")?;
+        let (broker, pki, watch) = match broker_kind {
+            BrokerKind::Plain { extra_config } => {
+                let broker = Mosquitto::start_setup(
+                    MosquittoOptions::default(),
+                    BrokerSetup {
+                        extra_config,
+                        ..BrokerSetup::default()
+                    },
+                )
+                .context("starting mosquitto")?;
+                let watch =
+                    MqttWatch::start(broker.host(), broker.port(), "bench-watch", &["rae/v1/#"])
+                        .context("subscribing to rae/v1/#")?;
+                (broker, None, watch)
+            }
+            BrokerKind::Fleet => {
+                let pki = FleetPki::generate(&[]).context("making the fleet certificates")?;
+                let identity = pki.broker();
+                let broker = Mosquitto::start_fleet(&FleetTls {
+                    ca_file: pki.ca_file(),
+                    cert_file: identity.cert,
+                    key_file: identity.key,
+                })
+                .context("starting the fleet broker (deploy/mosquitto)")?;
+                let options = connect_options(&MqttBrokerConfig {
+                    host: broker.host().to_owned(),
+                    port: broker.port(),
+                    client_id: "bench-watch".to_owned(),
+                    keep_alive_secs: 5,
+                    tls: Some(cloud_tls(&pki)?),
+                    ..MqttBrokerConfig::default()
+                })
+                .context("the subscriber's TLS options")?;
+                // What the fleet ACL lets the cloud read.
+                let watch = MqttWatch::start_with_options(
+                    options,
+                    &[
+                        "rae/v1/+/devices/#",
+                        "rae/v1/+/status",
+                        "rae/v1/+/inventory",
+                    ],
+                )
+                .context("subscribing as the cloud")?;
+                (broker, Some(pki), watch)
+            }
+        };
         let mut spec = AgentSpec::for_lab(
             SERIAL,
             lab.bridge_name(),
@@ -161,6 +221,15 @@ impl Bed {
         spec.mdns_query_interval_secs = 300;
         spec.status_interval_secs = 5;
         spec.extra_toml = extra_toml.to_owned();
+        if let Some(pki) = &pki {
+            let identity = pki.client(SERIAL).context("the agent's certificate")?;
+            spec.mqtt_extra = format!(
+                "[mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                pki.ca_file(),
+                identity.cert,
+                identity.key
+            );
+        }
         let agent = start_agent(agent_bin, &spec, &watch)?;
         println!(
             "lab slot {} on bridge {}, mosquitto on {}, agent pid {}",
@@ -176,8 +245,14 @@ impl Bed {
             watch,
             spec,
             broker,
+            pki,
             lab,
         })
+    }
+
+    /// The cloud identity's TLS files on a [`BrokerKind::Fleet`] bed.
+    pub fn cloud_tls(&self) -> Result<Option<MqttTls>> {
+        self.pki.as_ref().map(cloud_tls).transpose()
     }
 
     pub fn devices(&self) -> Result<BTreeSet<Mac>> {
@@ -201,6 +276,18 @@ impl Bed {
         }
         Ok(())
     }
+}
+
+fn cloud_tls(pki: &FleetPki) -> Result<MqttTls> {
+    let cloud = pki
+        .client(CLOUD_IDENTITY)
+        .context("the cloud's certificate")?;
+    Ok(MqttTls {
+        ca_file: pki.ca_file(),
+        cert_file: Some(cloud.cert),
+        key_file: Some(cloud.key),
+        server_name: None,
+    })
 }
 
 /// Open sessions as `raectl devices --json` lists them.

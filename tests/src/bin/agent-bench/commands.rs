@@ -11,8 +11,9 @@
 //! `--broker-nodelay` runs mosquitto with `set_tcp_nodelay true`: with its default (Nagle
 //! on), a forwarded request or reply can wait for the peer's delayed ACK.
 //!
-//! `--tls` is reserved for the TLS listener (not available yet: the broker options for TLS
-//! come later).
+//! `--tls` runs the fleet broker of `deploy/mosquitto/` instead (TLS listener, client
+//! certificates, the per-RAE ACL): the agent connects with its certificate, the requester
+//! with the cloud's. Run the two one after the other, alternating, to compare.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use rae_proto::{
 };
 use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig};
 
-use crate::bed::{summary, Bed, SERIAL};
+use crate::bed::{summary, Bed, BrokerKind, SERIAL};
 
 pub struct Options {
     pub count: usize,
@@ -36,8 +37,10 @@ pub struct Options {
 }
 
 pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
-    if options.tls {
-        bail!("--tls: the requester has no TLS options yet (plain MQTT only for now)");
+    if options.tls && options.broker_nodelay {
+        bail!(
+            "--broker-nodelay applies to the plain broker only (the fleet broker runs as shipped)"
+        );
     }
     // The agent's command rate limit (20/s by default) would measure the limit, not the
     // round trip: lift it for the bench.
@@ -46,10 +49,16 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         600,
         LabConfig::default(),
         "[control]\nmax_commands_per_sec = 10000\nburst = 100000\n",
-        if options.broker_nodelay {
-            "set_tcp_nodelay true\n"
+        if options.tls {
+            BrokerKind::Fleet
         } else {
-            ""
+            BrokerKind::Plain {
+                extra_config: if options.broker_nodelay {
+                    "set_tcp_nodelay true\n".to_owned()
+                } else {
+                    String::new()
+                },
+            }
         },
     )?;
     println!(
@@ -88,6 +97,7 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         .enable_all()
         .build()
         .context("a runtime")?;
+    let tls = bed.cloud_tls()?;
     let broker = BrokerArgs {
         mqtt_host: bed.broker.host().to_owned(),
         mqtt_port: bed.broker.port(),
@@ -96,9 +106,9 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         mqtt_password: None,
         mqtt_shared_group: None,
         mqtt_max_inflight: 100,
-        mqtt_tls_ca: None,
-        mqtt_tls_cert: None,
-        mqtt_tls_key: None,
+        mqtt_tls_ca: tls.as_ref().map(|t| t.ca_file.clone()),
+        mqtt_tls_cert: tls.as_ref().and_then(|t| t.cert_file.clone()),
+        mqtt_tls_key: tls.as_ref().and_then(|t| t.key_file.clone()),
         mqtt_tls_server_name: None,
     };
     let serial = Serial::new(SERIAL).context("serial")?;
@@ -127,7 +137,8 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         .await?;
         println!("set-availability: {}", set.report());
         println!(
-            "RESULT command_rtt plain ping {} | set-availability {}",
+            "RESULT command_rtt {} ping {} | set-availability {}",
+            if options.tls { "tls" } else { "plain" },
             ping.report(),
             set.report()
         );

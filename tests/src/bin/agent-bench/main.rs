@@ -56,7 +56,8 @@ const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options
                            (default 10000, 600, 50)
   commands [--count N] [--broker-nodelay] [--tls]
                            command round trip requester -> agent -> reply, p50/p99 over
-                           N pings and N set-availability (default 1000; --tls not yet)
+                           N pings and N set-availability (default 1000); --tls: the
+                           fleet broker of deploy/mosquitto (TLS, certificates, ACL)
   --agent-bin PATH         the rae-agent to run (default: target/release/rae-agent)";
 
 enum Command {
