@@ -62,11 +62,11 @@ pub fn run(agent_bin: &std::path::Path, options: &Options) -> Result<()> {
         },
     )?;
     println!(
-        "broker set_tcp_nodelay: {}",
-        if options.broker_nodelay {
-            "true"
-        } else {
-            "false (mosquitto's default)"
+        "broker: {}",
+        match (options.tls, options.broker_nodelay) {
+            (true, _) => "fleet (deploy/mosquitto as shipped: TLS, ACL, set_tcp_nodelay true)",
+            (false, true) => "plain TCP, set_tcp_nodelay true",
+            (false, false) => "plain TCP, set_tcp_nodelay false (mosquitto's default)",
         }
     );
     let dut = bed

@@ -43,7 +43,9 @@ use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: agent-bench [--agent-bin PATH] <subcommand> [options]
   latency  [--joins N]     DHCP ACK on the wire -> Snapshot at a subscriber (default 100)
-  rss      [--devices N1,N2]  agent RSS warm and at each device count, slope per device
+  rss      [--devices N1,N2] [--tls]
+                           agent RSS warm and at each device count, slope per device;
+                           --tls: connected to the fleet broker of deploy/mosquitto
                            (default 256,1024)
   cpu      [--seconds S] [--repeat R]
                            iperf3 bulk traffic with and without the agent: throughput,
@@ -66,6 +68,7 @@ enum Command {
     },
     Rss {
         devices: Vec<usize>,
+        tls: bool,
     },
     Cpu {
         seconds: u64,
@@ -122,6 +125,7 @@ fn parse_args() -> Result<Args> {
             ("rss", None) => {
                 command = Some(Command::Rss {
                     devices: vec![256, 1024],
+                    tls: false,
                 })
             }
             ("cpu", None) => {
@@ -160,7 +164,8 @@ fn parse_args() -> Result<Args> {
             }
             ("--churn", Some(Command::Durability(o))) => o.churn_per_sec = number(&arg, it.next())?,
             ("--joins", Some(Command::Latency { joins })) => *joins = number(&arg, it.next())?,
-            ("--devices", Some(Command::Rss { devices })) => {
+            ("--tls", Some(Command::Rss { tls, .. })) => *tls = true,
+            ("--devices", Some(Command::Rss { devices, .. })) => {
                 let list = it.next().context("--devices needs counts, e.g. 256,1024")?;
                 *devices = list
                     .split(',')
@@ -203,7 +208,7 @@ fn run() -> Result<()> {
     println!("agent binary: {}", agent_bin.display());
     match args.command {
         Command::Latency { joins } => latency::run(&agent_bin, joins),
-        Command::Rss { devices } => rss::run(&agent_bin, &devices),
+        Command::Rss { devices, tls } => rss::run(&agent_bin, &devices, tls),
         Command::Cpu { seconds, repeat } => cpu::run(&agent_bin, seconds, repeat),
         Command::Arpwatch { duts, mix, seconds } => arpwatch::run(&agent_bin, duts, mix, seconds),
         Command::Durability(options) => durability::run(&agent_bin, &options),

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use rae_proto::Mac;
 use rae_tests::netlab::{wait_until, DutKind, DutSpec, LabConfig};
 
-use crate::bed::Bed;
+use crate::bed::{Bed, BrokerKind};
 use rae_tests::inject::{arp_announcement, neighbour_solicitation, Injector};
 use rae_tests::procstat::{memory, writes, Memory};
 
@@ -107,14 +107,24 @@ fn events_since(bed: &Bed, since: Instant) -> u64 {
         .count() as u64
 }
 
-pub fn run(agent_bin: &Path, counts: &[usize]) -> Result<()> {
+/// `tls`: the agent connects to the fleet broker (TLS, client certificate) instead of plain
+/// mosquitto, for the cost of TLS in the same run's figures.
+pub fn run(agent_bin: &Path, counts: &[usize], tls: bool) -> Result<()> {
     let mut counts = counts.to_vec();
     counts.sort_unstable();
     counts.dedup();
     if counts.is_empty() || counts.iter().any(|n| !(3..=MAX_DEVICES).contains(n)) {
         bail!("--devices takes counts in 3..={MAX_DEVICES}, e.g. 256,1024");
     }
-    let mut bed = Bed::start(agent_bin, 3600, LabConfig::default())?;
+    let kind = if tls {
+        BrokerKind::Fleet
+    } else {
+        BrokerKind::Plain {
+            extra_config: String::new(),
+        }
+    };
+    println!("broker: {}", if tls { "fleet (TLS)" } else { "plain TCP" });
+    let mut bed = Bed::start_with(agent_bin, 3600, LabConfig::default(), "", kind)?;
     let pid = bed.agent.pid();
     let idle = sample(pid, "idle, 0 devices, after 5 s", Duration::from_secs(5))?;
 
