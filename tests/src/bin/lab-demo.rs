@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rae_proto::{AgentState, Envelope, Event, Field, Liveness, Mac, Status};
+use rae_proto::{AgentState, Availability, Envelope, Event, Field, Liveness, Mac, Status};
 use rae_tests::agent::{raectl, Agent, AgentSpec};
 use rae_tests::mqtt_watch::MqttWatch;
 use rae_tests::netlab::{wait_until, Dut, DutKind, DutSpec, Lab, LabConfig, LabProcess};
@@ -186,6 +186,8 @@ fn run() -> Result<()> {
     println!("\n== raectl show {}   (the SSDP/DIAL DUT)", tv.mac());
     raectl_print(&spec, &["show", &tv.mac().to_string(), "--limit", "8"])?;
 
+    control_plane(&spec, &broker, &watch, tv, &mut shown)?;
+
     let unplug = &duts[2];
     println!(
         "\n== unplugging {} ({}): offline after {} missed probes, not after one",
@@ -286,6 +288,92 @@ fn run() -> Result<()> {
 }
 
 const SERIAL: &str = "DEMO-RAE-1";
+
+/// Commands both ways: `raectl` actions over the control socket and the cloud's
+/// `cloud-sink command` through the broker, each effect shown as the Delta the cloud gets.
+fn control_plane(
+    spec: &AgentSpec,
+    broker: &Mosquitto,
+    watch: &MqttWatch,
+    tv: &Dut,
+    shown: &mut usize,
+) -> Result<()> {
+    let mac = tv.mac().to_string();
+    println!(
+        "\n== the control plane: raectl over the control socket {}",
+        spec.control_socket.display()
+    );
+    let socket = spec.control_socket.display().to_string();
+    for action in [vec!["ping"], vec!["set", mac.as_str(), "in-test"]] {
+        println!("   $ raectl {}", action.join(" "));
+        let mut args = vec!["--socket", socket.as_str()];
+        args.extend_from_slice(&action);
+        raectl_print(spec, &args)?;
+    }
+    wait_delta(watch, "the in-test Delta", |f| {
+        matches!(f, Field::Availability(Availability::InTest))
+    })?;
+    *shown = print_new(watch, *shown);
+
+    println!("\n== the cloud's requester: cloud-sink command --serial {SERIAL} (request on rae/v1/{SERIAL}/cmd/..., reply on its reply/ topic)");
+    let cloud_sink = agent_binary()?
+        .parent()
+        .map(|dir| dir.join("cloud-sink"))
+        .context("locating cloud-sink")?;
+    for args in [
+        vec!["ping"],
+        vec!["set-esn", mac.as_str(), "DEMO-ESN-0001"],
+        vec!["set-availability", mac.as_str(), "available"],
+    ] {
+        println!(
+            "   $ cloud-sink command --serial {SERIAL} {}",
+            args.join(" ")
+        );
+        let out = Command::new(&cloud_sink)
+            .args(["--log-filter", "warn", "command"])
+            .args(["--mqtt-host", broker.host(), "--mqtt-port"])
+            .arg(broker.port().to_string())
+            .args(["--serial", SERIAL])
+            .args(&args)
+            .output()
+            .context("running cloud-sink command")?;
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("     {line}");
+        }
+        if !out.status.success() {
+            bail!(
+                "cloud-sink command {} failed: {}",
+                args.join(" "),
+                out.status
+            );
+        }
+    }
+    wait_delta(watch, "the available Delta", |f| {
+        matches!(f, Field::Availability(Availability::Available))
+    })?;
+    *shown = print_new(watch, *shown);
+    println!("   $ raectl show {mac}   (the history names who did it)");
+    raectl_print(spec, &["show", &mac, "--limit", "3"])?;
+    Ok(())
+}
+
+/// Waits for a Delta carrying a field `wanted` accepts.
+fn wait_delta(watch: &MqttWatch, what: &str, wanted: impl Fn(&Field) -> bool) -> Result<()> {
+    watch
+        .wait_for(what, Duration::from_secs(30), |messages| {
+            messages
+                .iter()
+                .filter_map(|m| m.event())
+                .find_map(|e| match &e.event {
+                    Event::Delta { fields } if fields.iter().any(|f| wanted(f)) => Some(()),
+                    _ => None,
+                })
+        })
+        .with_context(|| format!("waiting for {what}"))
+}
 
 /// The open sessions of the Cloud Registry, once it holds at least `want` of them (the sink
 /// writes within its batch wait), as table lines.
@@ -452,6 +540,7 @@ fn short_field(f: &Field) -> String {
         ),
         Field::Esn(e) => format!("esn={}", e.as_deref().unwrap_or("-")),
         Field::Reachability(r) => format!("reachability={:?}", r.state),
+        Field::Availability(a) => format!("availability={a:?}"),
         other => format!("{:?}", other.id()),
     }
 }
