@@ -368,7 +368,7 @@ fn wait_delta(watch: &MqttWatch, what: &str, wanted: impl Fn(&Field) -> bool) ->
                 .iter()
                 .filter_map(|m| m.event())
                 .find_map(|e| match &e.event {
-                    Event::Delta { fields } if fields.iter().any(|f| wanted(f)) => Some(()),
+                    Event::Delta { fields } if fields.iter().any(&wanted) => Some(()),
                     _ => None,
                 })
         })
