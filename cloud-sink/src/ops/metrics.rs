@@ -348,8 +348,13 @@ pub fn render_mqtt(
         ),
         (
             "acks_not_queued_total",
-            "PUBACKs the client refused (the broker redelivers).",
+            "PUBACKs given up with their lost connection (the broker redelivers).",
             m.acks_not_queued,
+        ),
+        (
+            "acks_deferred_total",
+            "PUBACKs the client could not take at once (kept in order and offered again).",
+            m.acks_deferred,
         ),
         (
             "stale_unacked_total",

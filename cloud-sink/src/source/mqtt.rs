@@ -11,9 +11,25 @@
 //!   sends acknowledgements only after the lane's batch committed, in arrival order as MQTT
 //!   requires. Nothing written on a lost connection is acknowledged on the next one: the
 //!   broker redelivers it and the copy is written again (the writer converges on duplicates).
-//! - Flow: the broker sends at most `max_inflight` unacknowledged messages. So a batch cannot
-//!   wait for more than that to arrive: when the window is full, or nothing arrived for
-//!   `idle_flush_ms`, the lanes write what they hold.
+//! - Acknowledgements are never dropped on a live connection. MQTT 5 redelivers only on a
+//!   reconnect, so a dropped PUBACK holds its message at the broker, uses up part of its send
+//!   quota for good, and enough of them stop delivery. A conforming broker sends at most our
+//!   receive maximum (`max_inflight`) unacknowledged; mosquitto 2.0.11 sends thousands more
+//!   in a burst (it refills its whole quota on one PUBACK), and rumqttc's event loop takes one
+//!   request per poll while reading up to ten messages per read, so acknowledgements pile up
+//!   in its request channel. That channel is therefore sized for the protocol's worst case (a
+//!   16-bit packet id space: at most 65,535 messages in flight, whatever the broker does) and
+//!   not for `max_inflight`; whatever it refuses anyway waits in the router's `AckOutbox`, in
+//!   order, and is offered again on every routing step and every `ACK_RETRY` until taken
+//!   (`acks_deferred`). Only a lost connection drops waiting acknowledgements
+//!   (`acks_not_queued`): the broker redelivers those messages on the next one.
+//!   Not chosen: awaiting room in the request channel inside the router (the event loop task
+//!   may itself be waiting for the router to take a message: a deadlock), and not polling
+//!   while acknowledgements wait (rumqttc offers no way to poll only its requests).
+//! - Flow: a conforming broker sends at most `max_inflight` unacknowledged messages. So a
+//!   batch cannot wait for more than that to arrive: when the window is full, or nothing
+//!   arrived for `idle_flush_ms`, the lanes write what they hold. Beyond it, a full lane makes
+//!   the router, and with it the event loop, wait: back-pressure, nothing dropped.
 //! - Shutdown: stop routing (later messages stay unacknowledged and come back), let every
 //!   lane write what it has, acknowledge, disconnect (the session stays), all within
 //!   `shutdown_deadline_ms`.
@@ -38,7 +54,7 @@ use tokio::time::Instant;
 pub use intake::MqttBrokerConfig;
 pub use metrics::{MqttMetrics, MqttMetricsSnapshot};
 
-use acks::AckQueue;
+use acks::{AckOutbox, AckQueue};
 use intake::{Connection, Intake};
 use lane::{LaneInput, LaneReport, LaneSettings, LaneWorker};
 
@@ -173,6 +189,7 @@ pub async fn run<W: BatchWriter>(
         lanes,
         reports,
         acks: AckQueue::default(),
+        outbox: AckOutbox::default(),
         metrics,
         last_arrival: None,
     };
@@ -195,19 +212,28 @@ struct Router<'a> {
     lanes: Vec<LaneTx>,
     reports: mpsc::UnboundedReceiver<LaneReport>,
     acks: AckQueue,
+    /// Released acknowledgements the client has not taken yet.
+    outbox: AckOutbox,
     metrics: Arc<MqttMetrics>,
     last_arrival: Option<Instant>,
 }
+
+/// How soon acknowledgements the client refused are offered again when nothing else happens.
+const ACK_RETRY: Duration = Duration::from_millis(2);
 
 impl Router<'_> {
     /// Routes until shutdown; `Err` when the writer stopped.
     async fn route(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), MqttSourceError> {
         let idle = ms(self.config.idle_flush_ms.max(1));
         loop {
+            if !self.outbox.is_empty() {
+                self.send_acks();
+            }
             let flush_at = self
                 .last_arrival
                 .filter(|_| self.lanes.iter().any(|l| l.dirty))
                 .map(|at| at + idle);
+            let retry_at = (!self.outbox.is_empty()).then(|| Instant::now() + ACK_RETRY);
             tokio::select! {
                 biased;
                 _ = stopped(stop) => return Ok(()),
@@ -223,6 +249,7 @@ impl Router<'_> {
                     }
                 },
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
+                _ = sleep_until(retry_at), if retry_at.is_some() => self.send_acks(),
             }
         }
     }
@@ -244,22 +271,55 @@ impl Router<'_> {
         }
     }
 
-    /// Sends the acknowledgements that may go now.
+    /// Releases the acknowledgements that may go now and hands them to the client.
     fn release(&mut self) {
         let released = self.acks.release();
         let m = &self.metrics;
-        MqttMetrics::sub(&m.in_flight, released.entries as u64);
+        // Entries that need no acknowledgement leave the in-flight count now, the others
+        // once the client took their acknowledgement.
+        MqttMetrics::sub(
+            &m.in_flight,
+            (released.entries - released.acks.len()) as u64,
+        );
         MqttMetrics::add(&m.stale_unacked, released.stale as u64);
-        for token in released.acks {
-            match intake::ack(&self.connection.client, token) {
-                Ok(()) => MqttMetrics::add(&m.acks_sent, 1),
-                Err(e) => {
-                    // Only a dead event loop refuses (the channel has room for every ack
-                    // the broker can be owed); the broker redelivers the message.
-                    MqttMetrics::add(&m.acks_not_queued, 1);
-                    tracing::warn!(pkid = token.pkid, cause = %e, "acknowledgement not queued");
-                }
+        self.outbox.extend(released.acks);
+        self.send_acks();
+    }
+
+    /// Offers the waiting acknowledgements to the client, in order; what it refuses waits
+    /// for the next routing step or `ACK_RETRY`.
+    fn send_acks(&mut self) {
+        let client = &self.connection.client;
+        let sent = self.outbox.send(|token| intake::ack(client, token).is_ok());
+        let m = &self.metrics;
+        MqttMetrics::add(&m.acks_sent, sent.taken as u64);
+        MqttMetrics::sub(&m.in_flight, sent.taken as u64);
+        if sent.newly_deferred > 0 {
+            let before = m.acks_deferred.load(std::sync::atomic::Ordering::Relaxed);
+            MqttMetrics::add(&m.acks_deferred, sent.newly_deferred as u64);
+            // Powers of two keep a long stall to a few lines.
+            let after = before + sent.newly_deferred as u64;
+            if (before + 1).next_power_of_two() <= after {
+                tracing::warn!(
+                    waiting = self.outbox.len(),
+                    deferred_total = after,
+                    "MQTT client's request channel full; acknowledgements wait and are retried"
+                );
             }
+        }
+    }
+
+    /// A lost connection: acknowledgements that wait for it are given up (the broker
+    /// redelivers their messages on the next connection, whose copies get theirs).
+    fn connection_lost(&mut self) {
+        self.acks.new_epoch();
+        self.release();
+        let dropped = self.outbox.drop_stale(&self.acks) as u64;
+        MqttMetrics::add(&self.metrics.acks_not_queued, dropped);
+        MqttMetrics::add(&self.metrics.stale_unacked, dropped);
+        MqttMetrics::sub(&self.metrics.in_flight, dropped);
+        if dropped > 0 {
+            tracing::info!(dropped, "acknowledgements of the lost connection given up");
         }
     }
 
@@ -279,8 +339,7 @@ impl Router<'_> {
             Intake::Lost { cause, resume } => {
                 MqttMetrics::add(&self.metrics.connection_losses, 1);
                 tracing::debug!(%cause, "MQTT connection lost");
-                self.acks.new_epoch();
-                self.release();
+                self.connection_lost();
                 let _ = resume.send(());
             }
             Intake::Message(publish) => {
@@ -348,8 +407,7 @@ impl Router<'_> {
                             MqttMetrics::add(&self.metrics.left_at_shutdown, 1);
                         }
                         Some(Intake::Lost { resume, .. }) => {
-                            self.acks.new_epoch();
-                            self.release();
+                            self.connection_lost();
                             let _ = resume.send(());
                         }
                         Some(Intake::Connected { .. } | Intake::Subscribed { .. }) => {}
@@ -365,7 +423,21 @@ impl Router<'_> {
         workers.abort_all();
         while workers.join_next().await.is_some() {}
         self.release();
-        let unacked = self.acks.len() as u64;
+        // The event loop still runs: acknowledgements the client refused get until the
+        // deadline to go out, ahead of the DISCONNECT.
+        while !self.outbox.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(ACK_RETRY).await;
+            self.send_acks();
+        }
+        let waiting = self.outbox.len() as u64;
+        if waiting > 0 {
+            tracing::warn!(
+                waiting,
+                "shutdown deadline reached with acknowledgements waiting"
+            );
+        }
+        MqttMetrics::add(&self.metrics.acks_not_queued, waiting);
+        let unacked = self.acks.len() as u64 + waiting;
         MqttMetrics::add(&self.metrics.left_at_shutdown, unacked);
         MqttMetrics::sub(&self.metrics.in_flight, unacked);
         // The broker keeps the session (and whatever is unacknowledged) after a normal

@@ -6,6 +6,9 @@
 //! before it is done. A message received on an earlier connection is never acknowledged on a
 //! later one (the broker redelivers it there under the same packet id, which the new copy
 //! acknowledges): its entry is released silently.
+//!
+//! [`AckOutbox`] holds released acknowledgements the client could not take yet, in order,
+//! until it can: an acknowledgement is never given up while its connection lives.
 
 use std::collections::VecDeque;
 
@@ -110,6 +113,11 @@ impl AckQueue {
         out
     }
 
+    /// Whether `token` belongs to the current connection (it may still be sent).
+    pub fn is_current(&self, token: &AckToken) -> bool {
+        token.epoch == self.epoch
+    }
+
     /// Messages received and not released yet.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -119,6 +127,79 @@ impl AckQueue {
     /// against our receive maximum.
     pub fn unacked_now(&self) -> usize {
         self.unacked_now
+    }
+}
+
+/// Acknowledgements released (in order) and not yet taken by the MQTT client.
+///
+/// The client's request channel can be full for a moment when the broker sent more than our
+/// receive maximum; whatever it refuses waits here, in order, and is offered again (by
+/// [`AckOutbox::send`]) until it is taken or its connection is gone.
+#[derive(Debug, Default)]
+pub(crate) struct AckOutbox {
+    waiting: VecDeque<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    token: AckToken,
+    /// Refused at least once (counted once as deferred).
+    refused: bool,
+}
+
+/// What one [`AckOutbox::send`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// Acknowledgements the client took.
+    pub taken: usize,
+    /// Acknowledgements refused for the first time (they wait for the next attempt).
+    pub newly_deferred: usize,
+}
+
+impl AckOutbox {
+    /// Queues released acknowledgements behind those waiting (arrival order is kept).
+    pub fn extend(&mut self, acks: impl IntoIterator<Item = AckToken>) {
+        self.waiting.extend(acks.into_iter().map(|token| Waiting {
+            token,
+            refused: false,
+        }));
+    }
+
+    /// Offers the waiting acknowledgements to `offer` front first, until it refuses one
+    /// (`false`): that one and those behind it wait for the next call.
+    pub fn send(&mut self, mut offer: impl FnMut(AckToken) -> bool) -> Sent {
+        let mut sent = Sent::default();
+        while let Some(front) = self.waiting.front() {
+            if !offer(front.token) {
+                for w in self.waiting.iter_mut().rev() {
+                    if w.refused {
+                        break;
+                    }
+                    w.refused = true;
+                    sent.newly_deferred += 1;
+                }
+                break;
+            }
+            self.waiting.pop_front();
+            sent.taken += 1;
+        }
+        sent
+    }
+
+    /// Drops the acknowledgements `queue` no longer sends (their connection is gone and the
+    /// broker redelivers those messages); returns how many.
+    pub fn drop_stale(&mut self, queue: &AckQueue) -> usize {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| queue.is_current(&w.token));
+        before - self.waiting.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 
@@ -182,5 +263,70 @@ mod tests {
         let r = q.release();
         assert_eq!(pkids(&r), vec![2]);
         assert_eq!(r.stale, 0);
+    }
+
+    #[test]
+    fn refused_acks_wait_in_order_and_go_once_the_client_takes_them() {
+        let mut q = AckQueue::default();
+        let ids: Vec<u64> = (1..=5).map(|p| q.push(QoS::AtLeastOnce, p)).collect();
+        for id in &ids {
+            q.complete(*id);
+        }
+        let mut outbox = AckOutbox::default();
+        outbox.extend(q.release().acks);
+        let mut room = 2;
+        let mut wire = Vec::new();
+        let mut offer = |t: AckToken, room: &mut usize| {
+            if *room == 0 {
+                return false;
+            }
+            *room -= 1;
+            wire.push(t.pkid);
+            true
+        };
+        let sent = outbox.send(|t| offer(t, &mut room));
+        assert_eq!(
+            sent,
+            Sent {
+                taken: 2,
+                newly_deferred: 3
+            }
+        );
+        // Refused again: not counted twice.
+        let sent = outbox.send(|t| offer(t, &mut room));
+        assert_eq!(
+            sent,
+            Sent {
+                taken: 0,
+                newly_deferred: 0
+            }
+        );
+        room = 10;
+        let sent = outbox.send(|t| offer(t, &mut room));
+        assert_eq!(
+            sent,
+            Sent {
+                taken: 3,
+                newly_deferred: 0
+            }
+        );
+        assert!(outbox.is_empty());
+        assert_eq!(wire, vec![1, 2, 3, 4, 5], "arrival order kept");
+    }
+
+    #[test]
+    fn acks_waiting_when_the_connection_is_lost_are_dropped_not_sent_on_the_next() {
+        let mut q = AckQueue::default();
+        let a = q.push(QoS::AtLeastOnce, 1);
+        q.complete(a);
+        let mut outbox = AckOutbox::default();
+        outbox.extend(q.release().acks);
+        assert_eq!(outbox.send(|_| false).newly_deferred, 1);
+        q.new_epoch();
+        let b = q.push(QoS::AtLeastOnce, 1);
+        q.complete(b);
+        outbox.extend(q.release().acks);
+        assert_eq!(outbox.drop_stale(&q), 1);
+        assert_eq!(outbox.len(), 1, "the new connection's ack stays");
     }
 }

@@ -2,10 +2,18 @@
 //! manual acknowledgements and a persistent session, whose event loop one task owns.
 //!
 //! The event loop task forwards what the router needs (`Intake`) over a bounded channel and
-//! reconnects with backoff. The broker sends at most `max_inflight` unacknowledged QoS 1
-//! messages (our receive maximum), and the channels behind it hold at least that many, so
+//! reconnects with backoff. A conforming broker sends at most `max_inflight` unacknowledged
+//! QoS 1 messages (our receive maximum), and the channels behind it hold at least that many, so
 //! forwarding never blocks the event loop for long and keep-alives keep flowing while the
-//! database or Kafka is down.
+//! database or Kafka is down. A broker that sends more (mosquitto 2.0.11 does, in a burst)
+//! only makes the event loop wait for the router: back-pressure, not loss.
+//!
+//! Acknowledgements go the other way, through rumqttc's request channel, which the event loop
+//! drains one request per poll. It is sized for every packet id the broker can have in flight
+//! ([`MqttBrokerConfig::request_capacity`]), and whatever it refuses anyway waits in the
+//! router's `AckOutbox` and is offered again: on a live connection an acknowledgement is never
+//! dropped, since MQTT 5 redelivers only on a reconnect and a broker whose send quota is used up
+//! by unacknowledged messages stops delivering.
 
 use std::time::Duration;
 
@@ -112,9 +120,13 @@ impl MqttBrokerConfig {
     }
 
     /// Room for every acknowledgement the broker can be owed, plus subscribes and the
-    /// disconnect: `try_ack` then never finds the channel full.
-    fn request_capacity(&self) -> usize {
-        usize::from(self.max_inflight) + 64
+    /// disconnect. Not `max_inflight`: a broker may send more than our receive maximum
+    /// (mosquitto 2.0.11 refills its whole send quota on one PUBACK), but never more than
+    /// 65,535 unacknowledged messages, since packet ids are 16 bits and unique while in flight;
+    /// an acknowledgement keeps its packet id in flight until it leaves this channel, so the
+    /// channel never holds more. flume allocates as it fills, so memory follows use.
+    pub(crate) fn request_capacity(&self) -> usize {
+        usize::from(u16::MAX) + 64
     }
 
     /// The filters as subscribed: retained messages only on a new subscription, so a
@@ -186,10 +198,12 @@ pub(crate) fn connect(
     })
 }
 
-/// The client's request channel refused an acknowledgement: the event loop is gone or
-/// overwhelmed. The broker redelivers the message after the next reconnect.
+/// The client's request channel did not take an acknowledgement now: it is full (a broker
+/// beyond every bound) or the event loop is gone. The caller keeps the acknowledgement and
+/// offers it again ([`super::acks::AckOutbox`]); a lost connection drops it, and the broker
+/// redelivers the message on the next one.
 #[derive(Debug, thiserror::Error)]
-#[error("the MQTT event loop did not take the acknowledgement of packet {pkid}")]
+#[error("the MQTT event loop did not take the acknowledgement of packet {pkid} now")]
 pub(crate) struct AckNotQueued {
     pub pkid: u16,
 }

@@ -12,6 +12,7 @@ pub struct MqttMetrics {
     pub(crate) write_failures: AtomicU64,
     pub(crate) acks_sent: AtomicU64,
     pub(crate) acks_not_queued: AtomicU64,
+    pub(crate) acks_deferred: AtomicU64,
     pub(crate) stale_unacked: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) subscribed: AtomicU64,
@@ -39,8 +40,12 @@ pub struct MqttMetricsSnapshot {
     pub write_failures: u64,
     /// PUBACKs handed to the client, each after its batch committed.
     pub acks_sent: u64,
-    /// PUBACKs the client's request channel refused (the broker redelivers those).
+    /// PUBACKs given up: their connection was lost (or the sink shut down) before the client
+    /// took them; the broker redelivers those messages. Never on a live connection.
     pub acks_not_queued: u64,
+    /// PUBACKs the client's request channel could not take at once: each waited, in order,
+    /// and was offered again.
+    pub acks_deferred: u64,
     /// Messages of a lost connection, written but not acknowledged (the broker redelivers them).
     pub stale_unacked: u64,
     pub connects: u64,
@@ -71,6 +76,7 @@ impl MqttMetrics {
             write_failures: get(&self.write_failures),
             acks_sent: get(&self.acks_sent),
             acks_not_queued: get(&self.acks_not_queued),
+            acks_deferred: get(&self.acks_deferred),
             stale_unacked: get(&self.stale_unacked),
             connects: get(&self.connects),
             subscribed: get(&self.subscribed),
