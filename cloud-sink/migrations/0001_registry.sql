@@ -1,9 +1,14 @@
 -- The Cloud Registry. Runs on PostgreSQL and CockroachDB: INT8 integers, UUID keys for
 -- everything written often (no sequential keys, which make hot ranges), no advisory locks.
 -- The convergence rule these columns implement is documented in cloud-sink/src/apply/fold.rs.
+--
+-- cloud-sink runs every statement below as a step of its own, one implicit transaction each
+-- (CockroachDB: one schema change per transaction), and records it in sink_migrations after
+-- it committed; so every statement must be idempotent (IF NOT EXISTS), for a crash between a
+-- step and its record re-runs the step. Released files are never edited: add a new file.
 
 -- One row per RAE: its MQTT status and its latest inventory.
-CREATE TABLE raes (
+CREATE TABLE IF NOT EXISTS raes (
     serial                 TEXT PRIMARY KEY,
     status                 TEXT,            -- online | offline
     status_at_ms           INT8,            -- RAE clock of the status message
@@ -17,7 +22,7 @@ CREATE TABLE raes (
 
 -- One row per device session. Every record field has its value column(s) and the seq of the
 -- event that last wrote it (per-field last-writer-wins by seq).
-CREATE TABLE device_sessions (
+CREATE TABLE IF NOT EXISTS device_sessions (
     session                      UUID PRIMARY KEY,
     serial                       TEXT NOT NULL,
     mac                          TEXT,
@@ -69,10 +74,10 @@ CREATE TABLE device_sessions (
 );
 
 -- An inventory closes the open sessions of its RAE that it does not list.
-CREATE INDEX device_sessions_open_by_serial ON device_sessions (serial) WHERE closed_seq IS NULL;
+CREATE INDEX IF NOT EXISTS device_sessions_open_by_serial ON device_sessions (serial) WHERE closed_seq IS NULL;
 
 -- A session's mDNS services, replaced whole when an event with a higher mdns_services_seq wins.
-CREATE TABLE device_mdns_services (
+CREATE TABLE IF NOT EXISTS device_mdns_services (
     session       UUID NOT NULL,
     position      INT8 NOT NULL,
     service_type  TEXT NOT NULL,
@@ -83,7 +88,7 @@ CREATE TABLE device_mdns_services (
 );
 
 -- A session's DIAL applications, replaced like the mDNS services.
-CREATE TABLE device_dial_apps (
+CREATE TABLE IF NOT EXISTS device_dial_apps (
     session          UUID NOT NULL,
     position         INT8 NOT NULL,
     name             TEXT NOT NULL,
@@ -94,7 +99,7 @@ CREATE TABLE device_dial_apps (
 );
 
 -- Records that did not decode or validate, with where they came from.
-CREATE TABLE dead_letters (
+CREATE TABLE IF NOT EXISTS dead_letters (
     id               UUID PRIMARY KEY,
     topic            TEXT,                        -- MQTT topic / Kafka key, when there was one
     source           TEXT NOT NULL,               -- kafka | mqtt
@@ -109,4 +114,4 @@ CREATE TABLE dead_letters (
 );
 
 -- A Kafka record replayed after a crash is dead-lettered once.
-CREATE UNIQUE INDEX dead_letters_kafka_origin ON dead_letters (kafka_topic, kafka_partition, kafka_offset);
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_kafka_origin ON dead_letters (kafka_topic, kafka_partition, kafka_offset);

@@ -5,11 +5,9 @@ use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
 
@@ -19,12 +17,9 @@ use super::{prepare, Rejection};
 use crate::heal::{GapNotice, GapReporter};
 use crate::record::{BatchWriter, Raw, WriteError, WriteOutcome};
 
-/// The schema, embedded so that the binary needs no files next to it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../../migrations/0001_registry.sql"),
-)];
+pub mod migrate;
+
+pub use migrate::{MigrationFile, MigrationReport, Migrations, Step};
 
 /// How a failed transaction is retried: capped exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,24 +79,49 @@ impl Default for DbOptions {
 pub enum DbError {
     #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
-    #[error("cannot read the embedded migrations")]
-    Migrations(#[source] sqlx::migrate::MigrateError),
-    #[error("cannot migrate the database")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("the embedded migrations are malformed: {0}")]
+    Migrations(String),
+    #[error("cannot apply migration step {version}.{step} ({description})")]
+    Migrate {
+        version: i64,
+        step: i64,
+        description: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot read or record the applied migrations (table sink_migrations)")]
+    Bookkeeping(#[source] sqlx::Error),
+    #[error(
+        "the database records migration step {version}.{step}, which this cloud-sink does not \
+         have: a newer cloud-sink migrated it"
+    )]
+    UnknownStep { version: i64, step: i64 },
+    #[error(
+        "migration step {version}.{step} was applied as {applied:?} but this cloud-sink has \
+         {embedded:?}: a released migration file was edited"
+    )]
+    ChangedStep {
+        version: i64,
+        step: i64,
+        applied: String,
+        embedded: String,
+    },
 }
 
-/// Every connection runs SERIALIZABLE: CockroachDB's only level, and the one that makes the
-/// read of the stored seq bookkeeping and the upsert built from it one atomic step.
+/// The statement every new connection runs first.
+pub const SET_ISOLATION: &str = "SET default_transaction_isolation = 'serializable'";
+
+/// Every connection runs SERIALIZABLE: CockroachDB's default, and the level that makes the
+/// read of the stored seq bookkeeping and the upsert built from it one atomic step. Set with
+/// the `default_transaction_isolation` session variable, which both PostgreSQL and
+/// CockroachDB document (see docs/cockroachdb.md).
 fn pool_options(options: &DbOptions) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.acquire_timeout)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
-                conn.execute(
-                    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-                )
-                .await?;
+                conn.execute(SET_ISOLATION).await?;
                 Ok(())
             })
         })
@@ -205,12 +225,16 @@ impl Db {
         self
     }
 
-    /// Applies the embedded migrations. Without advisory locks (CockroachDB has none):
-    /// deployments run one migrating instance at a time.
-    pub async fn migrate(&self) -> Result<(), DbError> {
-        let mut migrator = Migrator::new(Embedded).await.map_err(DbError::Migrations)?;
-        migrator.set_locking(false);
-        migrator.run(&self.pool).await.map_err(DbError::Migrate)
+    /// Applies the embedded migrations, one statement per transaction and without a lock
+    /// (see [`migrate`] for why several sinks may run this at once, and why a crash between
+    /// two steps resumes correctly). A database the earlier sqlx migrator set up is accepted.
+    pub async fn migrate(&self) -> Result<MigrationReport, DbError> {
+        self.migrate_with(&Migrations::embedded()?).await
+    }
+
+    /// Applies `migrations` (tests run a prefix of the embedded ones this way).
+    pub async fn migrate_with(&self, migrations: &Migrations) -> Result<MigrationReport, DbError> {
+        migrate::run(&self.pool, migrations, &self.retry).await
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -383,31 +407,6 @@ impl BatchWriter for Db {
         batch: &[Raw],
     ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send {
         Db::write(self, batch)
-    }
-}
-
-/// The migrations compiled into the binary.
-#[derive(Debug)]
-struct Embedded;
-
-type Resolved = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>;
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(self) -> Pin<Box<dyn Future<Output = Resolved> + Send + 'static>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
     }
 }
 
