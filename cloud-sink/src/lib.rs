@@ -31,8 +31,10 @@
 //!   SIGTERM/SIGINT handling.
 //!
 //! Limitations: the SQL keeps to what CockroachDB documents but has only run on PostgreSQL;
-//! the Dockerfile is checked by a parser test, never built here (no Docker engine);
-//! `--migrate` takes no lock (run `cloud-sink migrate` once when instances start together).
+//! the Dockerfile is checked by a parser test, never built here (no Docker engine).
+//! `--migrate` takes no lock: every step is idempotent and runs in a transaction of its own
+//! (one schema change per transaction, as CockroachDB wants), so instances starting together
+//! end in one schema (see `docs/cockroachdb.md`).
 
 pub mod apply;
 pub mod bridge;
