@@ -412,8 +412,8 @@ pub struct DbArgs {
     /// and stays flagged for resync until a Snapshot.
     #[arg(long, env = "CLOUD_SINK_MAX_PENDING_RUNS", default_value_t = crate::apply::DEFAULT_MAX_PENDING_RUNS)]
     pub max_pending_runs: usize,
-    /// Writes in a row a record may fail alone with a permanent database error before it is
-    /// dead-lettered.
+    /// Writes, with nothing else committing, in which a record may be the first refused with
+    /// a permanent database error before it is dead-lettered.
     #[arg(long, env = "CLOUD_SINK_DB_PERMANENT_STRIKES", default_value_t = crate::apply::DEFAULT_PERMANENT_STRIKES)]
     pub db_permanent_strikes: u32,
 }

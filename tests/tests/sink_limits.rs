@@ -344,6 +344,41 @@ async fn a_record_refused_permanently_is_isolated_dead_lettered_and_counted() {
         (1, 1)
     );
     assert_eq!(dead_letter_reasons(&db).await.len(), 2);
+
+    // Two refused first, nothing committed yet: it looks like the database until the first
+    // is convicted; then the others commit, which proves the second the record's fault too.
+    let ids: Vec<SessionId> = (0..6)
+        .map(|n| SessionId::from_bytes([0x78 + n; 16]))
+        .collect();
+    let mut batch: Vec<Raw> = ids
+        .iter()
+        .map(|&id| raw(&envelope(&serial, id, 1, snapshot(&record(6)))))
+        .collect();
+    batch[0] = raw(&envelope(&serial, ids[0], 1, snapshot(&poisoned(6))));
+    batch[1] = raw(&envelope(&serial, ids[1], 1, snapshot(&poisoned(7))));
+    for attempt in 1..=2 {
+        let err = db
+            .write(&batch)
+            .await
+            .expect_err("two refused, nothing committed");
+        assert!(
+            err.to_string().contains("nothing committed"),
+            "{attempt}: {err}"
+        );
+    }
+    let outcome = db.write(&batch).await.expect("the first is convicted");
+    assert_eq!(
+        (
+            outcome.applied,
+            outcome.dead_lettered,
+            outcome.permanent_rejections
+        ),
+        (4, 2, 2)
+    );
+    assert_eq!(dead_letter_reasons(&db).await.len(), 4);
+    let stored = stored_sessions(&db, &serial).await;
+    assert!(ids[2..].iter().all(|id| stored.contains(id.as_uuid())));
+    assert!(!stored.contains(ids[0].as_uuid()) && !stored.contains(ids[1].as_uuid()));
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@
 //!
 //! Limitations: a record that only the database rejects (SQLSTATE class 22/23, or a permanent
 //! error once proven to be the record's) is isolated by halving the batch into separately
-//! committed parts; a permanent error of the database itself (a dropped table) still lets one
-//! record per [`DbOptions::permanent_strikes`] failed writes into `dead_letters` when
-//! batches hold a single record; a session's gap record keeps at most
+//! committed parts; a permanent error of the database itself (a dropped table) is told apart
+//! from a record's only by whether anything else commits, so one that lasts drains a batch
+//! into `dead_letters` at about one record per `permanent_strikes - 1` failed writes; a session's gap record keeps at most
 //! [`DbOptions::max_pending_runs`] runs, beyond which its bookkeeping under-reports what was
 //! received until a Snapshot (see [`mod@fold`]); MQTT-origin dead letters have no stable
 //! identity, so an attempt whose commit outcome was lost may record one twice (Kafka-origin

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -84,8 +84,9 @@ pub struct DbOptions {
     /// How many runs of received seqs a session's gap record keeps (see
     /// [`super::fold::SeqTrack::bound`]); at least 1.
     pub max_pending_runs: usize,
-    /// How many writes in a row a record alone may fail with a permanent error before it is
-    /// dead-lettered although nothing else proved the database healthy; at least 1.
+    /// In how many writes with nothing committed a record may be the first refused with a
+    /// permanent error before it is dead-lettered although nothing proved the database
+    /// healthy; at least 1.
     pub permanent_strikes: u32,
 }
 
@@ -283,9 +284,10 @@ impl Db {
     /// database's fault (a dropped table, a revoked grant), where dead-lettering would empty
     /// the partition into `dead_letters`. So a record refused permanently is dead-lettered
     /// when another part of the batch committed, which proves the database takes writes, or
-    /// when it has failed alone [`DbOptions::permanent_strikes`] writes in a row. Two records
-    /// refused with nothing committed look like the database: the write fails (the caller
-    /// retries it, as for an outage) and each of them takes a strike.
+    /// when it was the first one refused in [`DbOptions::permanent_strikes`] writes in which
+    /// nothing committed. Two records refused with nothing committed look like the database:
+    /// the write fails (the caller retries it, as for an outage), the first takes a strike,
+    /// and nothing is dead-lettered.
     pub async fn write(&self, batch: &[Raw]) -> Result<WriteOutcome, WriteError> {
         let mut total = WriteOutcome::default();
         // Ranges of `batch` still to write, the next one last.
@@ -311,12 +313,12 @@ impl Db {
                         todo.push(range.start..middle);
                         continue;
                     }
-                    if self.strike(&part[0]) >= self.permanent_strikes {
+                    if self.strikes(&part[0]) + 1 >= self.permanent_strikes {
                         convicted.push((range.start, message));
                     } else {
                         suspects.push((range.start, message));
                         if suspects.len() > 1 && !committed {
-                            return Err(systemic(&suspects));
+                            break;
                         }
                     }
                 }
@@ -336,6 +338,9 @@ impl Db {
             }
         }
         if !suspects.is_empty() && !committed {
+            // Only the first takes the strike: under a fault of the database, one record
+            // after the other reaches its conviction, not the whole batch at once.
+            self.strike(&batch[suspects[0].0]);
             return Err(systemic(&suspects));
         }
         convicted.append(&mut suspects);
@@ -379,21 +384,24 @@ impl Db {
     }
 
     fn record_key(&self, raw: &Raw) -> u64 {
-        let mut hasher = self.random.build_hasher();
-        raw.hash(&mut hasher);
-        hasher.finish()
+        self.random.hash_one(raw)
     }
 
-    /// Counts one more permanent failure of `raw` alone; returns its count.
-    fn strike(&self, raw: &Raw) -> u32 {
+    /// The failed writes `raw` took a strike in so far.
+    fn strikes(&self, raw: &Raw) -> u32 {
+        let key = self.record_key(raw);
+        let strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        strikes.get(&key).copied().unwrap_or(0)
+    }
+
+    /// `raw` was the first record refused permanently in a write where nothing committed.
+    fn strike(&self, raw: &Raw) {
         let key = self.record_key(raw);
         let mut strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
         if strikes.len() >= MAX_STRIKE_ENTRIES && !strikes.contains_key(&key) {
             strikes.clear();
         }
-        let count = strikes.entry(key).or_insert(0);
-        *count += 1;
-        *count
+        *strikes.entry(key).or_insert(0) += 1;
     }
 
     fn acquit<'a>(&self, records: impl Iterator<Item = &'a Raw>) {
