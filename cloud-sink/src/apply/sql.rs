@@ -530,9 +530,12 @@ fn systemic(suspects: &[(usize, String)]) -> WriteError {
     WriteError::Unavailable {
         attempts: 1,
         message: format!(
-            "{} records refused permanently and nothing committed (the database, not the \
-             records?): {message}",
-            suspects.len()
+            "{} refused permanently and nothing committed (the database, not the records?): \
+             {message}",
+            match suspects.len() {
+                1 => "a record alone".to_owned(),
+                n => format!("{n} records"),
+            }
         ),
     }
 }
