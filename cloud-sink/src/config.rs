@@ -408,6 +408,14 @@ pub struct DbArgs {
     pub db_first_backoff_ms: u64,
     #[arg(long, env = "CLOUD_SINK_DB_MAX_BACKOFF_MS", default_value_t = 5000)]
     pub db_max_backoff_ms: u64,
+    /// Runs of received seqs a session's gap record keeps; beyond, it forgets the highest
+    /// and stays flagged for resync until a Snapshot.
+    #[arg(long, env = "CLOUD_SINK_MAX_PENDING_RUNS", default_value_t = crate::apply::DEFAULT_MAX_PENDING_RUNS)]
+    pub max_pending_runs: usize,
+    /// Writes, with nothing else committing, in which a record may be the first refused with
+    /// a permanent database error before it is dead-lettered.
+    #[arg(long, env = "CLOUD_SINK_DB_PERMANENT_STRIKES", default_value_t = crate::apply::DEFAULT_PERMANENT_STRIKES)]
+    pub db_permanent_strikes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -527,6 +535,8 @@ impl DbArgs {
                     self.db_max_backoff_ms.max(self.db_first_backoff_ms),
                 ),
             },
+            max_pending_runs: self.max_pending_runs.max(1),
+            permanent_strikes: self.db_permanent_strikes.max(1),
         }
     }
 }

@@ -25,7 +25,7 @@ pub enum Origin {
 }
 
 /// One record as the source delivered it, undecoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Raw {
     /// The MQTT topic (for Kafka, the record key the bridge set), e.g.
     /// `rae/v1/RAE-1/devices/<session>`. `None` when a Kafka record had no key.
@@ -43,6 +43,10 @@ pub struct WriteOutcome {
     pub dead_lettered: usize,
     /// Transaction attempts beyond the first (serialization failures, lost connections).
     pub retries: u32,
+    /// Of `dead_lettered`, the records the database refused with a permanent error.
+    pub permanent_rejections: usize,
+    /// Sessions whose gap record reached its cap in this write (runs were forgotten).
+    pub gap_overflows: usize,
 }
 
 /// Why a batch could not be written. Every variant means "nothing of this batch is committed;

@@ -2,8 +2,8 @@
 //!
 //! Every field has its value column(s) and a `{field}_seq` column. Lists that cannot travel
 //! as a nested array through `UNNEST` go as text and are rebuilt in SQL: `ipv6` as a
-//! comma-joined list (`TEXT[]` column), `upnp` as JSON (`JSONB` column), `pending_seqs` as a
-//! comma-joined list (`INT8[]` column). mDNS services and DIAL apps are child rows.
+//! comma-joined list (`TEXT[]` column), `upnp` as JSON (`JSONB` column), `pending_runs` as a
+//! comma-joined list (`INT8[]` column: the runs flattened, `first,last,first,last,...`). mDNS services and DIAL apps are child rows.
 //!
 //! Text that PostgreSQL and CockroachDB cannot store (a NUL in `TEXT` or in a JSON string) is
 //! kept with the NUL replaced by U+FFFD; byte strings of the record (`Text`, option 61) are

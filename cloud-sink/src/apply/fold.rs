@@ -16,8 +16,9 @@
 //!   `closed_seq = 0` (reason `unlisted`), which any Closed event from the RAE overrides.
 //! - **Sequence bookkeeping** ([`SeqTrack`]): `snapshot_seq` = the highest Snapshot seq (0 if
 //!   none); `contiguous_seq` = the largest `c >= snapshot_seq` such that every seq in
-//!   `(snapshot_seq, c]` was received; `pending_seqs` = the received seqs above
-//!   `contiguous_seq` (all of them above `contiguous_seq + 1`); `seq_hw` = the highest seq.
+//!   `(snapshot_seq, c]` was received; `pending_runs` = the received seqs above
+//!   `contiguous_seq` (all of them above `contiguous_seq + 1`), as inclusive runs;
+//!   `seq_hw` = the highest seq.
 //!   Seqs at or below `snapshot_seq` are forgotten: the Snapshot supersedes them for every
 //!   field. `inventory_seq` = the highest seq an inventory listed for the session.
 //! - **needs_resync** = `seq_hw > contiguous_seq` (a seq after the latest Snapshot is missing)
@@ -28,6 +29,16 @@
 //! [`SeqTrack::merge`] of the tracks of two sets is exactly the track of their union (the
 //! proof is in its comment), and every other column merges by max/min, so applying any
 //! permutation of any multiset, split into any batches, gives the row of in-order application.
+//!
+//! # The one exception: a bounded gap record
+//!
+//! A session that keeps sending after a gap that never fills would grow `pending_runs`
+//! without end, so the stored track keeps at most `max_pending_runs` runs
+//! ([`SeqTrack::bound`], applied in [`Folded::settle`]). Beyond it the highest runs are
+//! forgotten and `overflowed` is set: the track then under-reports what was received (never
+//! over-reports), `needs_resync` stays true, and the flag clears when `contiguous_seq`
+//! reaches `seq_hw` (in practice: the Snapshot the gap healer asks for). Only the
+//! bookkeeping of an overflowed session depends on batching and order; fields never do.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,13 +46,23 @@ use rae_proto::{AgentState, CloseReason, Event, Field, FieldId, Serial, SessionI
 
 use super::decode::{Rejection, SinkEvent};
 
+/// How many runs of received seqs a session's gap tracking keeps by default (see
+/// [`SeqTrack::bound`]): far more than a healthy session's few holes, small enough that the
+/// row stays a few KiB whatever a broken RAE sends.
+pub const DEFAULT_MAX_PENDING_RUNS: usize = 64;
+
 /// Which seqs of a session were received, as far as gap detection needs to know.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeqTrack {
     pub snapshot_seq: u64,
     pub contiguous_seq: u64,
-    /// Received seqs above `contiguous_seq`; never contains `contiguous_seq + 1`.
-    pub pending_seqs: BTreeSet<u64>,
+    /// Received seqs above `contiguous_seq`, as inclusive runs `(first, last)`: sorted,
+    /// disjoint, never adjacent, all above `contiguous_seq + 1`.
+    pub pending_runs: Vec<(u64, u64)>,
+    /// Runs were dropped by [`SeqTrack::bound`]: some received seqs above `contiguous_seq`
+    /// are forgotten. Sticky until `contiguous_seq` reaches `seq_hw` (a Snapshot at or above
+    /// every received seq, or every missing seq arriving again).
+    pub overflowed: bool,
     pub seq_hw: u64,
 }
 
@@ -50,24 +71,28 @@ impl SeqTrack {
         let mut one = SeqTrack {
             snapshot_seq: 0,
             contiguous_seq: 0,
-            pending_seqs: BTreeSet::from([seq]),
+            pending_runs: vec![(seq, seq)],
+            overflowed: false,
             seq_hw: seq,
         };
         if is_snapshot {
             one.snapshot_seq = seq;
             one.contiguous_seq = seq;
-            one.pending_seqs.clear();
+            one.pending_runs.clear();
         }
         self.merge(&one);
     }
 
-    /// Makes `self` the track of the union of both received sets.
+    /// Makes `self` the track of the union of both received sets (of what each still
+    /// remembers, when one overflowed).
     ///
     /// Why this is exact: let `s = max(s1, s2)`. Every seq in `(s, max(c1, c2)]` was received
     /// (it lies in `(s_i, c_i]` for the larger `c_i`), so the union's contiguous run reaches at
     /// least `max(c1, c2, s)`. A received seq above that is above both `c_i`, hence in `p1` or
     /// `p2`; so advancing through `p1 ∪ p2` finds every further seq of the run and leaves in
-    /// pending exactly the received seqs above it.
+    /// pending exactly the received seqs above it. Runs are only a shorter spelling of the
+    /// same sets. An overflowed side only ever forgot received seqs, so the merge never
+    /// claims a seq that was not received.
     pub fn merge(&mut self, other: &SeqTrack) {
         self.snapshot_seq = self.snapshot_seq.max(other.snapshot_seq);
         self.contiguous_seq = self
@@ -75,16 +100,60 @@ impl SeqTrack {
             .max(other.contiguous_seq)
             .max(self.snapshot_seq);
         self.seq_hw = self.seq_hw.max(other.seq_hw);
-        self.pending_seqs.extend(other.pending_seqs.iter().copied());
-        let floor = self.contiguous_seq;
-        self.pending_seqs.retain(|&seq| seq > floor);
-        while self.pending_seqs.remove(&(self.contiguous_seq + 1)) {
-            self.contiguous_seq += 1;
+        let mut runs: Vec<(u64, u64)> =
+            Vec::with_capacity(self.pending_runs.len() + other.pending_runs.len());
+        let (mut a, mut b) = (
+            self.pending_runs.iter().peekable(),
+            other.pending_runs.iter().peekable(),
+        );
+        // Both lists are sorted: a merge, then coalescing overlapping or adjacent runs.
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            let Some(&(first, last)) = next else { break };
+            let floor = self.contiguous_seq;
+            if last <= floor {
+                continue;
+            }
+            let first = first.max(floor + 1);
+            match runs.last_mut() {
+                Some((_, held_last)) if first <= held_last.saturating_add(1) => {
+                    *held_last = (*held_last).max(last);
+                }
+                _ => runs.push((first, last)),
+            }
         }
+        if let Some(&(first, last)) = runs.first() {
+            if first == self.contiguous_seq + 1 {
+                self.contiguous_seq = last;
+                runs.remove(0);
+            }
+        }
+        self.pending_runs = runs;
+        self.overflowed =
+            (self.overflowed || other.overflowed) && self.contiguous_seq < self.seq_hw;
+    }
+
+    /// Keeps at most `max_runs` runs (the lowest, whose filling advances `contiguous_seq`),
+    /// forgetting the seqs of the others; returns whether this call set the overflow flag.
+    /// Forgetting a received seq only ever makes the track report a gap it might not have,
+    /// so `needs_resync` stays true until a Snapshot (or the seqs again) closes it.
+    pub fn bound(&mut self, max_runs: usize) -> bool {
+        if self.pending_runs.len() <= max_runs {
+            return false;
+        }
+        self.pending_runs.truncate(max_runs);
+        let newly = !self.overflowed;
+        self.overflowed = true;
+        newly
     }
 
     pub fn needs_resync(&self, inventory_seq: u64) -> bool {
-        self.seq_hw > self.contiguous_seq || inventory_seq > self.seq_hw
+        self.overflowed || self.seq_hw > self.contiguous_seq || inventory_seq > self.seq_hw
     }
 }
 
@@ -307,6 +376,8 @@ pub struct SessionRow {
     pub session: SessionId,
     pub fold: SessionFold,
     pub needs_resync: bool,
+    /// This write made the gap record overflow (it was not overflowed before).
+    pub gap_overflow: bool,
     pub replace_mdns_services: bool,
     pub replace_dial_apps: bool,
 }
@@ -336,8 +407,13 @@ impl Folded {
     /// Joins the batch with the stored rows: drops (and dead-letters) sessions that belong
     /// to another RAE, applies inventories (listed seqs; closing the RAE's open sessions
     /// they no longer list), merges the seq bookkeeping and decides which child lists the
-    /// batch replaces. Pure; `stored` holds the rows that exist among those read.
-    pub fn settle(&mut self, stored: &BTreeMap<SessionId, StoredSession>) -> Vec<SessionRow> {
+    /// batch replaces, keeping at most `max_pending_runs` runs per session. Pure; `stored`
+    /// holds the rows that exist among those read.
+    pub fn settle(
+        &mut self,
+        stored: &BTreeMap<SessionId, StoredSession>,
+        max_pending_runs: usize,
+    ) -> Vec<SessionRow> {
         self.reject_foreign(stored);
         self.apply_inventories(stored);
         let mut rows = Vec::with_capacity(self.sessions.len());
@@ -348,6 +424,7 @@ impl Folded {
                 fold.track.merge(&row.track);
                 fold.inventory_seq = fold.inventory_seq.max(row.inventory_seq);
             }
+            let gap_overflow = fold.track.bound(max_pending_runs);
             let wins = |field: FieldId, stored_seq: Option<u64>| {
                 fold.field(field)
                     .is_some_and(|new| stored_seq.map_or(true, |old| new.seq > old))
@@ -358,6 +435,7 @@ impl Folded {
             rows.push(SessionRow {
                 session: *id,
                 needs_resync: fold.track.needs_resync(fold.inventory_seq),
+                gap_overflow,
                 replace_mdns_services,
                 replace_dial_apps,
                 fold,
@@ -514,5 +592,114 @@ mod tests {
                 assert_eq!(merged, whole, "mask {mask:b} split {split:b}");
             }
         }
+    }
+
+    /// The received seqs a track claims: `(snapshot_seq, contiguous_seq]` and the runs.
+    fn claimed(t: &SeqTrack) -> BTreeSet<u64> {
+        let mut seqs: BTreeSet<u64> = (t.snapshot_seq + 1..=t.contiguous_seq).collect();
+        for &(first, last) in &t.pending_runs {
+            seqs.extend(first..=last);
+        }
+        seqs
+    }
+
+    #[test]
+    fn runs_spell_the_received_seqs_above_the_contiguous_prefix() {
+        let t = track(&[
+            (1, true),
+            (3, false),
+            (4, false),
+            (6, false),
+            (5, false),
+            (9, false),
+        ]);
+        assert_eq!(t.contiguous_seq, 1);
+        assert_eq!(t.pending_runs, vec![(3, 6), (9, 9)]);
+        let filled = {
+            let mut t = t.clone();
+            t.observe(2, false);
+            t
+        };
+        assert_eq!(
+            (filled.contiguous_seq, filled.pending_runs.clone()),
+            (6, vec![(9, 9)])
+        );
+    }
+
+    #[test]
+    fn a_permanent_gap_keeps_the_runs_bounded_and_the_session_flagged_until_a_snapshot() {
+        const CAP: usize = 16;
+        let mut stored = track(&[(1, true)]);
+        let mut overflows = 0;
+        // Seq 2 never arrives; every other later seq is lost too, so each event is a run.
+        for batch in 0..100u64 {
+            let mut fold = SeqTrack::default();
+            for i in 0..100u64 {
+                fold.observe(3 + 2 * (batch * 100 + i), false);
+            }
+            fold.merge(&stored);
+            overflows += usize::from(fold.bound(CAP));
+            stored = fold;
+            assert!(stored.pending_runs.len() <= CAP, "batch {batch}");
+            assert!(stored.needs_resync(0), "batch {batch}");
+        }
+        assert!(stored.overflowed);
+        assert_eq!(overflows, 1, "one overflow until the gap record is reset");
+        assert_eq!(stored.seq_hw, 3 + 2 * 9_999);
+        // The sink asks for a Snapshot; the RAE's current seq is above all it sent.
+        let mut resynced = track(&[(stored.seq_hw + 1, true)]);
+        resynced.merge(&stored);
+        assert!(!resynced.bound(CAP));
+        assert!(!resynced.overflowed && resynced.pending_runs.is_empty());
+        assert!(!resynced.needs_resync(0));
+    }
+
+    #[test]
+    fn a_bounded_track_never_claims_a_seq_that_was_not_received() {
+        // Deterministic pseudo-random histories, merged in random batches with a tiny cap.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut overflowed = 0;
+        for round in 0..200 {
+            let mut stored = SeqTrack::default();
+            let mut exact = SeqTrack::default();
+            let mut received = BTreeSet::new();
+            for _ in 0..20 {
+                let mut fold = SeqTrack::default();
+                for _ in 0..(next() % 8) {
+                    let seq = 1 + next() % 60;
+                    let snap = next() % 17 == 0;
+                    fold.observe(seq, snap);
+                    exact.observe(seq, snap);
+                    received.insert(seq);
+                }
+                fold.merge(&stored);
+                fold.bound(3);
+                stored = fold;
+                let above: BTreeSet<u64> =
+                    received.range(stored.snapshot_seq + 1..).copied().collect();
+                assert!(claimed(&stored).is_subset(&above), "round {round}");
+                assert!(
+                    stored.contiguous_seq <= exact.contiguous_seq,
+                    "round {round}"
+                );
+                assert_eq!(stored.snapshot_seq, exact.snapshot_seq);
+                assert_eq!(stored.seq_hw, exact.seq_hw);
+                if exact.needs_resync(0) {
+                    assert!(
+                        stored.needs_resync(0),
+                        "round {round}: a gap went unreported"
+                    );
+                }
+                assert!(stored.pending_runs.len() <= 3);
+                overflowed += usize::from(stored.overflowed);
+            }
+        }
+        assert!(overflowed > 100, "the cap was hardly reached: {overflowed}");
     }
 }

@@ -3,15 +3,17 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
 
-use super::fold::{Folded, SessionRow, StoredSession};
+use super::fold::{Folded, SessionRow, StoredSession, DEFAULT_MAX_PENDING_RUNS};
 use super::statements::{read_sessions, write_dead_letters, write_raes, write_sessions};
 use super::{prepare, Rejection};
 use crate::heal::{GapNotice, GapReporter};
@@ -62,6 +64,13 @@ pub struct DbOptions {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub retry: RetryPolicy,
+    /// How many runs of received seqs a session's gap record keeps (see
+    /// [`super::fold::SeqTrack::bound`]); at least 1.
+    pub max_pending_runs: usize,
+    /// In how many writes with nothing committed a record may be the first refused with a
+    /// permanent error before it is dead-lettered although nothing proved the database
+    /// healthy; at least 1.
+    pub permanent_strikes: u32,
 }
 
 impl Default for DbOptions {
@@ -70,9 +79,19 @@ impl Default for DbOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
+            permanent_strikes: DEFAULT_PERMANENT_STRIKES,
         }
     }
 }
+
+/// See [`DbOptions::permanent_strikes`]: with the worker's backoff, some seconds of a record
+/// failing alone before it goes to `dead_letters`.
+pub const DEFAULT_PERMANENT_STRIKES: u32 = 3;
+
+/// The strike counts kept at most; beyond, they start again from zero (a bound, not a
+/// policy: only records failing right now are in it).
+const MAX_STRIKE_ENTRIES: usize = 4096;
 
 /// Why the database could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +188,7 @@ fn classify(error: &sqlx::Error) -> Failure {
 #[derive(Debug)]
 enum AttemptsFailed {
     Data { message: String, retries: u32 },
+    Permanent { message: String, retries: u32 },
     Write(WriteError),
 }
 
@@ -181,6 +201,11 @@ pub struct Db {
     random: RandomState,
     /// Where committed gaps are reported for repair (`None`: nobody repairs them).
     gaps: Option<GapReporter>,
+    max_pending_runs: usize,
+    permanent_strikes: u32,
+    /// Per record (a hash of its origin and bytes), the writes in a row it failed alone
+    /// with a permanent error while nothing else in its batch committed.
+    strikes: Mutex<HashMap<u64, u32>>,
 }
 
 impl Db {
@@ -190,7 +215,7 @@ impl Db {
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        Ok(Self::from_pool(pool, options.retry))
+        Ok(Self::from_pool(pool, options.retry).with_limits(&options))
     }
 
     /// Checks the URL only; connections are made by the first write, whose retries then
@@ -199,7 +224,7 @@ impl Db {
         let pool = pool_options(&options)
             .connect_lazy(url)
             .map_err(DbError::Connect)?;
-        Ok(Self::from_pool(pool, options.retry))
+        Ok(Self::from_pool(pool, options.retry).with_limits(&options))
     }
 
     /// Wraps a pool made elsewhere. Its connections must run transactions at SERIALIZABLE
@@ -215,7 +240,17 @@ impl Db {
             retries_total: AtomicU64::new(0),
             random: RandomState::new(),
             gaps: None,
+            max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
+            permanent_strikes: DEFAULT_PERMANENT_STRIKES,
+            strikes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes the gap record cap and the permanent-error strikes of `options`.
+    pub fn with_limits(mut self, options: &DbOptions) -> Db {
+        self.max_pending_runs = options.max_pending_runs.max(1);
+        self.permanent_strikes = options.permanent_strikes.max(1);
+        self
     }
 
     /// Reports, after each commit, the sessions written with a gap and those whose gap
@@ -255,16 +290,50 @@ impl Db {
     /// (SQLSTATE class 22/23) is isolated by halving the batch and dead-lettered alone; the
     /// halves then commit separately, which is safe because applying is idempotent (a
     /// failure after a committed half makes the caller write the whole batch again).
+    ///
+    /// A permanent error (any other refusal: a program limit such as an index row too large,
+    /// a trigger, an internal error) is isolated the same way, but it may as well be the
+    /// database's fault (a dropped table, a revoked grant), where dead-lettering would empty
+    /// the partition into `dead_letters`. So a record refused permanently is dead-lettered
+    /// when another part of the batch committed, which proves the database takes writes, or
+    /// when it was the first one refused in [`DbOptions::permanent_strikes`] writes in which
+    /// nothing committed. Two records refused with nothing committed look like the database:
+    /// the write fails (the caller retries it, as for an outage), the first takes a strike,
+    /// and nothing is dead-lettered.
     pub async fn write(&self, batch: &[Raw]) -> Result<WriteOutcome, WriteError> {
         let mut total = WriteOutcome::default();
         // Ranges of `batch` still to write, the next one last.
         let mut todo = Vec::new();
         todo.push(0..batch.len());
+        let mut committed = false;
+        // Single records refused permanently: not yet proven guilty, and proven.
+        let mut suspects: Vec<(usize, String)> = Vec::new();
+        let mut convicted: Vec<(usize, String)> = Vec::new();
         while let Some(range) = todo.pop() {
             let part = &batch[range.clone()];
             match self.write_part(part, prepare(part)).await {
-                Ok(outcome) => add(&mut total, outcome),
+                Ok(outcome) => {
+                    committed |= outcome.applied > 0;
+                    add(&mut total, outcome);
+                }
                 Err(AttemptsFailed::Write(error)) => return Err(error),
+                Err(AttemptsFailed::Permanent { message, retries }) => {
+                    total.retries += retries;
+                    if part.len() > 1 {
+                        let middle = range.start + part.len() / 2;
+                        todo.push(middle..range.end);
+                        todo.push(range.start..middle);
+                        continue;
+                    }
+                    if self.strikes(&part[0]) + 1 >= self.permanent_strikes {
+                        convicted.push((range.start, message));
+                    } else {
+                        suspects.push((range.start, message));
+                        if suspects.len() > 1 && !committed {
+                            break;
+                        }
+                    }
+                }
                 Err(AttemptsFailed::Data { message, retries }) => {
                     total.retries += retries;
                     if part.len() > 1 {
@@ -276,20 +345,83 @@ impl Db {
                     tracing::warn!(cause = %message, "the database rejected a record; dead-lettering it");
                     let mut only = Folded::default();
                     only.rejected.push((0, Rejection::Database(message)));
-                    match self.write_part(part, only).await {
-                        Ok(outcome) => add(&mut total, outcome),
-                        Err(AttemptsFailed::Write(error)) => return Err(error),
-                        Err(AttemptsFailed::Data { message, .. }) => {
-                            return Err(WriteError::Unavailable {
-                                attempts: 1,
-                                message: format!("even the dead letter was rejected: {message}"),
-                            })
-                        }
-                    }
+                    add(&mut total, self.write_dead_letters(part, only).await?);
                 }
             }
         }
+        if !suspects.is_empty() && !committed {
+            // Only the first takes the strike: under a fault of the database, one record
+            // after the other reaches its conviction, not the whole batch at once.
+            self.strike(&batch[suspects[0].0]);
+            return Err(systemic(&suspects));
+        }
+        convicted.append(&mut suspects);
+        if !convicted.is_empty() {
+            let mut letters = Folded::default();
+            for (index, message) in &convicted {
+                tracing::warn!(
+                    cause = %message,
+                    origin = ?batch[*index].origin,
+                    "the database refused a record permanently; dead-lettering it so that its \
+                     partition moves on"
+                );
+                letters
+                    .rejected
+                    .push((*index, Rejection::Database(message.clone())));
+            }
+            let outcome = self.write_dead_letters(batch, letters).await?;
+            total.permanent_rejections += outcome.dead_lettered;
+            add(&mut total, outcome);
+            self.acquit(convicted.iter().map(|(index, _)| &batch[*index]));
+        }
         Ok(total)
+    }
+
+    /// Writes only the dead letters of `plan` (positions into `batch`).
+    async fn write_dead_letters(
+        &self,
+        batch: &[Raw],
+        plan: Folded,
+    ) -> Result<WriteOutcome, WriteError> {
+        match self.write_part(batch, plan).await {
+            Ok(outcome) => Ok(outcome),
+            Err(AttemptsFailed::Write(error)) => Err(error),
+            Err(
+                AttemptsFailed::Data { message, .. } | AttemptsFailed::Permanent { message, .. },
+            ) => Err(WriteError::Unavailable {
+                attempts: 1,
+                message: format!("even the dead letter was rejected: {message}"),
+            }),
+        }
+    }
+
+    fn record_key(&self, raw: &Raw) -> u64 {
+        self.random.hash_one(raw)
+    }
+
+    /// The failed writes `raw` took a strike in so far.
+    fn strikes(&self, raw: &Raw) -> u32 {
+        let key = self.record_key(raw);
+        let strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        strikes.get(&key).copied().unwrap_or(0)
+    }
+
+    /// `raw` was the first record refused permanently in a write where nothing committed.
+    fn strike(&self, raw: &Raw) {
+        let key = self.record_key(raw);
+        let mut strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        if strikes.len() >= MAX_STRIKE_ENTRIES && !strikes.contains_key(&key) {
+            strikes.clear();
+        }
+        *strikes.entry(key).or_insert(0) += 1;
+    }
+
+    fn acquit<'a>(&self, records: impl Iterator<Item = &'a Raw>) {
+        let keys: Vec<u64> = records.map(|raw| self.record_key(raw)).collect();
+        let mut strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            strikes.remove(&key);
+        }
     }
 
     async fn write_part(
@@ -315,10 +447,10 @@ impl Db {
                     })
                 }
                 Failure::Permanent(message) => {
-                    return Err(AttemptsFailed::Write(WriteError::Unavailable {
-                        attempts: attempt,
+                    return Err(AttemptsFailed::Permanent {
                         message,
-                    }))
+                        retries: attempt - 1,
+                    })
                 }
                 Failure::Stopped => return Err(AttemptsFailed::Write(WriteError::Stopped)),
             };
@@ -352,7 +484,7 @@ impl Db {
             .map(|s| s.as_str().to_owned())
             .collect();
         let stored = read_sessions(&mut tx, &plan.sessions_to_read(), &serials).await?;
-        let rows = plan.settle(&stored);
+        let rows = plan.settle(&stored, self.max_pending_runs);
         write_sessions(&mut tx, &rows).await?;
         write_raes(&mut tx, &plan.raes).await?;
         let rejected: Vec<(usize, String)> = plan
@@ -368,7 +500,8 @@ impl Db {
         Ok(WriteOutcome {
             applied: plan.applied,
             dead_lettered: rejected.len(),
-            retries: 0,
+            gap_overflows: rows.iter().filter(|row| row.gap_overflow).count(),
+            ..WriteOutcome::default()
         })
     }
 }
@@ -399,6 +532,24 @@ fn add(total: &mut WriteOutcome, part: WriteOutcome) {
     total.applied += part.applied;
     total.dead_lettered += part.dead_lettered;
     total.retries += part.retries;
+    total.permanent_rejections += part.permanent_rejections;
+    total.gap_overflows += part.gap_overflows;
+}
+
+/// Several records refused permanently and nothing committed: most likely the database.
+fn systemic(suspects: &[(usize, String)]) -> WriteError {
+    let message = suspects.first().map_or("", |(_, m)| m.as_str());
+    WriteError::Unavailable {
+        attempts: 1,
+        message: format!(
+            "{} refused permanently and nothing committed (the database, not the records?): \
+             {message}",
+            match suspects.len() {
+                1 => "a record alone".to_owned(),
+                n => format!("{n} records"),
+            }
+        ),
+    }
 }
 
 impl BatchWriter for Db {

@@ -76,6 +76,8 @@ fn session_columns() -> Vec<(String, Kind)> {
         ("snapshot_seq", Kind::Int),
         ("contiguous_seq", Kind::Int),
         ("pending_seqs", Kind::IntList),
+        ("pending_runs", Kind::IntList),
+        ("pending_overflow", Kind::Bool),
         ("inventory_seq", Kind::Int),
         ("needs_resync", Kind::Bool),
     ] {
@@ -129,6 +131,8 @@ static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
         "snapshot_seq",
         "contiguous_seq",
         "pending_seqs",
+        "pending_runs",
+        "pending_overflow",
         "inventory_seq",
         "needs_resync",
     ] {
@@ -159,9 +163,47 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn join_seqs(track: &SeqTrack) -> String {
-    let seqs: Vec<String> = track.pending_seqs.iter().map(u64::to_string).collect();
+/// `pending_runs` as stored: the runs flattened, `first,last,first,last,...`.
+fn join_runs(track: &SeqTrack) -> String {
+    let seqs: Vec<String> = track
+        .pending_runs
+        .iter()
+        .flat_map(|&(first, last)| [first, last])
+        .map(|seq| to_i64(seq).to_string())
+        .collect();
     seqs.join(",")
+}
+
+/// The stored bookkeeping, normalised through [`SeqTrack::merge`] (so a hand-edited row
+/// cannot break the runs' invariants). `legacy` is the `pending_seqs` column of rows written
+/// before `pending_runs` existed: single seqs, folded in as runs of one.
+fn stored_track(
+    snapshot_seq: u64,
+    contiguous_seq: u64,
+    seq_hw: u64,
+    runs: &[i64],
+    legacy: &[i64],
+    overflowed: bool,
+) -> SeqTrack {
+    let mut pending: Vec<(u64, u64)> = runs
+        .chunks_exact(2)
+        .map(|pair| (to_u64(pair[0]), to_u64(pair[1])))
+        .filter(|(first, last)| first <= last)
+        .chain(legacy.iter().map(|&seq| (to_u64(seq), to_u64(seq))))
+        .collect();
+    pending.sort_unstable();
+    let mut track = SeqTrack {
+        snapshot_seq,
+        contiguous_seq,
+        pending_runs: Vec::new(),
+        overflowed,
+        seq_hw,
+    };
+    track.merge(&SeqTrack {
+        pending_runs: pending,
+        ..SeqTrack::default()
+    });
+    track
 }
 
 /// Reads and locks the stored rows of `sessions`, and the open sessions of `serials`.
@@ -175,7 +217,8 @@ pub async fn read_sessions(
     }
     let ids: Vec<Uuid> = sessions.iter().map(|s| *s.as_uuid()).collect();
     let rows = sqlx::query(
-        "SELECT session, serial, snapshot_seq, contiguous_seq, pending_seqs, seq_hw, \
+        "SELECT session, serial, snapshot_seq, contiguous_seq, pending_seqs, pending_runs, \
+         pending_overflow, seq_hw, \
          inventory_seq, opened_seq, opened_at_ms, closed_seq, mdns_services_seq, dial_apps_seq \
          FROM device_sessions \
          WHERE session = ANY($1::UUID[]) OR (serial = ANY($2::TEXT[]) AND closed_seq IS NULL) \
@@ -188,7 +231,8 @@ pub async fn read_sessions(
     let mut stored = BTreeMap::new();
     for row in rows {
         let session: Uuid = row.try_get("session")?;
-        let pending: Vec<i64> = row.try_get("pending_seqs")?;
+        let legacy: Vec<i64> = row.try_get("pending_seqs")?;
+        let runs: Vec<i64> = row.try_get("pending_runs")?;
         let opened_seq: Option<i64> = row.try_get("opened_seq")?;
         let opened_at: Option<i64> = row.try_get("opened_at_ms")?;
         let seq = |name: &str| -> Result<Option<u64>, sqlx::Error> {
@@ -198,12 +242,14 @@ pub async fn read_sessions(
             SessionId::from_uuid(session),
             StoredSession {
                 serial: row.try_get("serial")?,
-                track: SeqTrack {
-                    snapshot_seq: to_u64(row.try_get("snapshot_seq")?),
-                    contiguous_seq: to_u64(row.try_get("contiguous_seq")?),
-                    pending_seqs: pending.into_iter().map(to_u64).collect(),
-                    seq_hw: to_u64(row.try_get("seq_hw")?),
-                },
+                track: stored_track(
+                    to_u64(row.try_get("snapshot_seq")?),
+                    to_u64(row.try_get("contiguous_seq")?),
+                    to_u64(row.try_get("seq_hw")?),
+                    &runs,
+                    &legacy,
+                    row.try_get("pending_overflow")?,
+                ),
                 inventory_seq: to_u64(row.try_get("inventory_seq")?),
                 opened: opened_seq.zip(opened_at).map(|(seq, at)| Stamped {
                     seq: to_u64(seq),
@@ -267,7 +313,10 @@ pub async fn write_sessions(
             Cell::Int(Some(to_i64(track.seq_hw))),
             Cell::Int(Some(to_i64(track.snapshot_seq))),
             Cell::Int(Some(to_i64(track.contiguous_seq))),
-            Cell::Text(Some(join_seqs(track))),
+            // Superseded by `pending_runs`; emptied as each legacy row is rewritten.
+            Cell::Text(Some(String::new())),
+            Cell::Text(Some(join_runs(track))),
+            Cell::Bool(Some(track.overflowed)),
             Cell::Int(Some(to_i64(fold.inventory_seq))),
             Cell::Bool(Some(row.needs_resync)),
         ]);

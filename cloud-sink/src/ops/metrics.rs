@@ -68,6 +68,10 @@ pub struct WriterStats {
     pub batch_records: Histogram,
     pub write_seconds: Histogram,
     pub write_errors: AtomicU64,
+    /// Records dead-lettered because the database refused them with a permanent error.
+    pub permanent_rejections: AtomicU64,
+    /// Sessions whose gap record reached its cap (each episode once, until a Snapshot).
+    pub gap_overflows: AtomicU64,
 }
 
 impl Default for WriterStats {
@@ -76,6 +80,8 @@ impl Default for WriterStats {
             batch_records: Histogram::new(&SIZE_BUCKETS),
             write_seconds: Histogram::new(&LATENCY_BUCKETS),
             write_errors: AtomicU64::new(0),
+            permanent_rejections: AtomicU64::new(0),
+            gap_overflows: AtomicU64::new(0),
         }
     }
 }
@@ -104,7 +110,14 @@ impl<W: BatchWriter> BatchWriter for MeteredWriter<W> {
             .write_seconds
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => self.stats.batch_records.observe(batch.len() as f64),
+            Ok(outcome) => {
+                self.stats.batch_records.observe(batch.len() as f64);
+                let s = &self.stats;
+                s.permanent_rejections
+                    .fetch_add(outcome.permanent_rejections as u64, Ordering::Relaxed);
+                s.gap_overflows
+                    .fetch_add(outcome.gap_overflows as u64, Ordering::Relaxed);
+            }
             Err(_) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -314,6 +327,18 @@ fn render_writer(out: &mut String, writer: &WriterStats, db_up: bool) {
         "cloud_sink_write_errors_total",
         "Batch write calls that returned an error.",
         writer.write_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "cloud_sink_permanent_rejections_total",
+        "Records the database refused with a permanent error, isolated and dead-lettered.",
+        writer.permanent_rejections.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "cloud_sink_gap_overflows_total",
+        "Sessions whose gap record reached its run cap and forgot runs (needs_resync stays).",
+        writer.gap_overflows.load(Ordering::Relaxed),
     );
     writer.batch_records.render(
         out,

@@ -34,11 +34,23 @@ pub struct MigrationFile {
 }
 
 /// Every file of `cloud-sink/migrations/`, in order (a unit test checks the list is whole).
-pub const FILES: &[MigrationFile] = &[MigrationFile {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../../../migrations/0001_registry.sql"),
-}];
+pub const FILES: &[MigrationFile] = &[
+    MigrationFile {
+        version: 1,
+        name: "registry",
+        sql: include_str!("../../../migrations/0001_registry.sql"),
+    },
+    MigrationFile {
+        version: 2,
+        name: "pending_runs",
+        sql: include_str!("../../../migrations/0002_pending_runs.sql"),
+    },
+    MigrationFile {
+        version: 3,
+        name: "pending_overflow",
+        sql: include_str!("../../../migrations/0003_pending_overflow.sql"),
+    },
+];
 
 /// One statement of a migration file: one schema change, one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,7 +457,7 @@ mod tests {
     #[test]
     fn every_embedded_step_is_one_idempotent_schema_change() {
         let migrations = Migrations::embedded().unwrap();
-        assert_eq!(migrations.steps().len(), 7, "{:#?}", migrations.steps());
+        assert_eq!(migrations.steps().len(), 9, "{:#?}", migrations.steps());
         for step in migrations.steps() {
             let upper = step.statement.to_ascii_uppercase();
             // A crash after the DDL commits and before its bookkeeping row re-runs the step.
