@@ -101,6 +101,11 @@ impl Sink {
         })
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` answer (a loopback address).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }

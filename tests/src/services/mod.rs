@@ -3,7 +3,8 @@
 //! - [`Mosquitto`]: an MQTT broker, anonymous or with users and an ACL ([`Acl::rae_fleet`]
 //!   is the per-RAE isolation of DESIGN section 3);
 //! - [`Postgres`]: a fresh PostgreSQL 15 cluster whose default isolation is SERIALIZABLE;
-//! - [`Kafka`]: Apache Kafka in KRaft mode, one node, from the jars in `tests/kafka/lib`.
+//! - [`Kafka`]: Apache Kafka in KRaft mode, one node, from the jars in `tests/kafka/lib`;
+//! - [`Prometheus`]: a Prometheus server scraping loopback targets ([`promtool`] checks rules).
 //!
 //! Starting blocks until the service answers at the protocol level (a CONNACK, pg_isready,
 //! a metadata response) or fails with what was missing and the tail of its log. Every
@@ -22,6 +23,7 @@ pub mod mosquitto;
 mod ports;
 pub mod postgres;
 mod process;
+pub mod prometheus;
 
 use std::path::Path;
 
@@ -30,6 +32,7 @@ pub use kafka::{Kafka, KafkaOptions};
 pub use mosquitto::{Acl, BrokerSetup, Mosquitto, MosquittoAuth, MosquittoOptions, MqttUser};
 pub use ports::PortLease;
 pub use postgres::Postgres;
+pub use prometheus::{promtool, Prometheus, ScrapeJob};
 
 fn lab_root() -> &'static Path {
     Path::new(crate::labdir::LAB_ROOT)
