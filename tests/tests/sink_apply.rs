@@ -1,9 +1,11 @@
 //! cloud-sink's writer against a real PostgreSQL at SERIALIZABLE: the convergence rule
-//! (any order, duplicates and batching give the rows of in-order application), gaps and
+//! (any order, duplicates and batching of many sessions give the rows of in-order
+//! application, and every column is what an independent model of the rule predicts, with
+//! RAE clocks unrelated to seq), gaps and
 //! resyncs, dead letters, inventories, statuses, and retries of serialization failures and
 //! lost connections.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -15,10 +17,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rae_proto::strategy::{close_reason, delta_fields, device_record, session};
 use rae_proto::{
-    AgentState, CloseReason, DeviceRecord, Envelope, Event, Evidence, Field, Inventory, Mac,
-    Serial, SessionId, SessionSeq, Status,
+    AgentState, CloseReason, DeviceRecord, DialAppState, Envelope, Event, Evidence, Field, FieldId,
+    Inventory, Mac, Serial, SessionId, SessionSeq, Status,
 };
 use rae_tests::services::Postgres;
+use serde_json::{json, Map, Value};
 use sqlx::{Connection, Row};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -121,9 +124,14 @@ async fn session_row(db: &Db, session: SessionId) -> sqlx::postgres::PgRow {
 struct History {
     session: SessionId,
     first: DeviceRecord,
+    /// Whether the opening Snapshot (seq 1) is delivered.
+    first_delivered: bool,
     /// Events after the first Snapshot, with whether each is delivered.
     later: Vec<(Event, bool)>,
     closed: Option<CloseReason>,
+    /// The RAE clock of each event, by seq (cycled): unrelated to seq, it may go backwards,
+    /// repeat or jump, since clocks never decide order.
+    at_ms: Vec<i64>,
 }
 
 fn later_event() -> impl Strategy<Value = Event> {
@@ -133,84 +141,340 @@ fn later_event() -> impl Strategy<Value = Event> {
     ]
 }
 
+fn clock() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        3 => 0..2_000_000_000_000_i64,
+        1 => Just(1_000_i64),
+        1 => any::<i64>(),
+    ]
+}
+
 fn history() -> impl Strategy<Value = History> {
     (
         session(),
         device_record(),
+        prop::bool::weighted(0.85),
         vec((later_event(), prop::bool::weighted(0.85)), 0..8),
         option::weighted(0.3, close_reason()),
+        vec(clock(), 1..12),
     )
-        .prop_map(|(session, first, later, closed)| History {
-            session,
-            first,
-            later,
-            closed,
-        })
+        .prop_map(
+            |(session, first, first_delivered, later, closed, at_ms)| History {
+                session,
+                first,
+                first_delivered,
+                later,
+                closed,
+                at_ms,
+            },
+        )
 }
 
-/// The delivered events of every history, in seq order per session.
-fn delivered(serial: &Serial, histories: &[History]) -> Vec<Envelope> {
-    let mut out = Vec::new();
-    for h in histories {
+impl History {
+    fn at(&self, seq: u64) -> i64 {
+        self.at_ms[seq as usize % self.at_ms.len()]
+    }
+
+    /// The delivered events, in seq order.
+    fn delivered(&self, serial: &Serial) -> Vec<Envelope> {
+        let mut out = Vec::new();
         let mut seq = 1;
-        out.push(envelope(serial, h.session, seq, 10, snapshot(&h.first)));
-        for (event, delivered) in &h.later {
+        if self.first_delivered {
+            out.push(envelope(
+                serial,
+                self.session,
+                seq,
+                self.at(seq),
+                snapshot(&self.first),
+            ));
+        }
+        for (event, delivered) in &self.later {
             seq += 1;
             if *delivered {
                 out.push(envelope(
                     serial,
-                    h.session,
+                    self.session,
                     seq,
-                    10 + seq as i64,
+                    self.at(seq),
                     event.clone(),
                 ));
             }
         }
-        if let Some(reason) = h.closed {
+        if let Some(reason) = self.closed {
             seq += 1;
             out.push(envelope(
                 serial,
-                h.session,
+                self.session,
                 seq,
-                10 + seq as i64,
+                self.at(seq),
                 Event::Closed { reason },
             ));
         }
+        out
     }
-    out
 }
 
-/// What a user expects of a session after all its delivered events: its record, and
-/// whether the sink can tell that an event after the latest Snapshot is missing (one
-/// missing after the last delivered event is invisible to it).
-fn expected(history: &History) -> (DeviceRecord, bool) {
-    let mut record = history.first.clone();
-    let mut last_snapshot = 1;
-    let mut highest = 1;
-    let mut missing = BTreeSet::new();
-    for (i, (event, delivered)) in history.later.iter().enumerate() {
-        let seq = i as u64 + 2;
-        if !delivered {
-            missing.insert(seq);
-            continue;
-        }
-        highest = seq;
-        match event {
-            Event::Snapshot { record: full } => {
-                record = (**full).clone();
-                last_snapshot = seq;
+/// The delivered events of every history, in seq order per session.
+fn delivered(serial: &Serial, histories: &[History]) -> Vec<Envelope> {
+    histories.iter().flat_map(|h| h.delivered(serial)).collect()
+}
+
+/// An independent model of the convergence rule (DESIGN section 3, cloud-sink's
+/// `apply/fold.rs` docs), written from the rule and not from the sink's code: per field, the
+/// value of the highest-seq event that carried it; the lowest seq opens the session; the
+/// highest-seq Closed closes it; the seq bookkeeping from the set of seqs received.
+#[derive(Debug, Default)]
+struct Model {
+    fields: BTreeMap<FieldId, (u64, Field)>,
+    /// Every distinct seq received: its `at_ms` and whether it was a Snapshot.
+    received: BTreeMap<u64, (i64, bool)>,
+    closed: Option<(u64, i64, CloseReason)>,
+}
+
+impl Model {
+    fn apply(&mut self, e: &Envelope) {
+        let is_snapshot = matches!(e.event, Event::Snapshot { .. });
+        self.received.insert(e.seq, (e.at_ms, is_snapshot));
+        let mut set = |field: Field| {
+            let id = field.id();
+            match self.fields.get(&id) {
+                Some((seq, _)) if *seq >= e.seq => {}
+                _ => {
+                    self.fields.insert(id, (e.seq, field));
+                }
             }
-            Event::Delta { fields } => fields.iter().for_each(|f| record.apply(f.clone())),
-            Event::Closed { .. } => {}
+        };
+        match &e.event {
+            Event::Snapshot { record } => FieldId::ALL.iter().for_each(|&id| set(record.field(id))),
+            Event::Delta { fields } => fields.iter().cloned().for_each(set),
+            Event::Closed { reason } => match self.closed {
+                Some((seq, _, _)) if seq >= e.seq => {}
+                _ => self.closed = Some((e.seq, e.at_ms, *reason)),
+            },
         }
     }
-    if history.closed.is_some() {
-        highest = history.later.len() as u64 + 2;
+
+    /// The `device_sessions` row as JSON (`to_jsonb` of it, but `received_at`).
+    fn row(&self, serial: &Serial, session: SessionId) -> Value {
+        let mut row = Map::new();
+        row.insert("session".into(), json!(session.as_uuid().to_string()));
+        row.insert("serial".into(), json!(serial.as_str()));
+        for id in FieldId::ALL {
+            let (seq, field) = match self.fields.get(&id) {
+                Some((seq, field)) => (json!(seq), Some(field)),
+                None => (Value::Null, None),
+            };
+            row.insert(format!("{}_seq", id.name()), seq);
+            for (column, value) in value_columns(id, field) {
+                row.insert(column.into(), value);
+            }
+        }
+        let opened = self.received.iter().next();
+        row.insert("opened_seq".into(), json!(opened.map(|(seq, _)| seq)));
+        row.insert("opened_at_ms".into(), json!(opened.map(|(_, (at, _))| at)));
+        row.insert("closed_seq".into(), json!(self.closed.map(|c| c.0)));
+        row.insert("closed_at_ms".into(), json!(self.closed.map(|c| c.1)));
+        row.insert(
+            "close_reason".into(),
+            json!(self.closed.map(|c| c.2.as_str())),
+        );
+        let snapshot_seq = self
+            .received
+            .iter()
+            .filter(|(_, (_, snap))| *snap)
+            .map(|(seq, _)| *seq)
+            .max()
+            .unwrap_or(0);
+        let mut contiguous = snapshot_seq;
+        while self.received.contains_key(&(contiguous + 1)) {
+            contiguous += 1;
+        }
+        let seq_hw = self.received.keys().max().copied().unwrap_or(0);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &seq in self.received.keys().filter(|&&seq| seq > contiguous) {
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == seq => *last = seq,
+                _ => runs.push((seq, seq)),
+            }
+        }
+        let flat: Vec<u64> = runs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        row.insert("seq_hw".into(), json!(seq_hw));
+        row.insert("snapshot_seq".into(), json!(snapshot_seq));
+        row.insert("contiguous_seq".into(), json!(contiguous));
+        row.insert("pending_runs".into(), json!(flat));
+        row.insert("pending_overflow".into(), json!(false));
+        row.insert("pending_seqs".into(), json!([]));
+        row.insert("inventory_seq".into(), json!(0));
+        row.insert("needs_resync".into(), json!(seq_hw > contiguous));
+        Value::Object(row)
     }
-    let gap = missing
-        .iter()
-        .any(|&seq| seq > last_snapshot && seq < highest);
-    (record, gap)
+
+    /// The `device_mdns_services` and `device_dial_apps` rows as JSON, in position order.
+    fn children(&self, session: SessionId) -> (Vec<Value>, Vec<Value>) {
+        let session = session.as_uuid().to_string();
+        let mut mdns = Vec::new();
+        if let Some((_, Field::MdnsServices(services))) = self.fields.get(&FieldId::MdnsServices) {
+            for (position, s) in services.iter().enumerate() {
+                let txt: Vec<Value> = s
+                    .txt
+                    .iter()
+                    .map(|entry| {
+                        let key = storable(&entry.key);
+                        match &entry.value {
+                            None => json!({"key": key, "value": null}),
+                            Some(v) => match v.as_str().filter(|t| !t.contains('\0')) {
+                                Some(text) => json!({"key": key, "value": text}),
+                                None => json!({"key": key, "value_hex": hex(v.as_bytes())}),
+                            },
+                        }
+                    })
+                    .collect();
+                mdns.push(json!({
+                    "session": session,
+                    "position": position,
+                    "service_type": storable(&s.service_type),
+                    "instance": storable(&s.instance),
+                    "port": s.port,
+                    "txt": txt,
+                }));
+            }
+        }
+        let mut dial = Vec::new();
+        if let Some((_, Field::DialApps(apps))) = self.fields.get(&FieldId::DialApps) {
+            for (position, app) in apps.iter().enumerate() {
+                let (state, detail) = match &app.state {
+                    DialAppState::Running => ("running", None),
+                    DialAppState::Stopped => ("stopped", None),
+                    DialAppState::Installable(url) => ("installable", Some(storable(url))),
+                    DialAppState::Hidden => ("hidden", None),
+                    DialAppState::Other(text) => ("other", Some(storable(text))),
+                };
+                dial.push(json!({
+                    "session": session,
+                    "position": position,
+                    "name": storable(&app.name),
+                    "state": state,
+                    "state_detail": detail,
+                    "additional_data": app.additional_data.as_deref().map(storable),
+                }));
+            }
+        }
+        (mdns, dial)
+    }
+}
+
+/// PostgreSQL text cannot hold NUL: the sink stores U+FFFD instead (byte strings stay exact).
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `to_jsonb` of a `BYTEA`: `\x` and hex.
+fn bytea(bytes: Option<&[u8]>) -> Value {
+    json!(bytes.map(|b| format!("\\x{}", hex(b))))
+}
+
+/// The value columns of a field as `to_jsonb` shows them (all null when never written).
+fn value_columns(id: FieldId, field: Option<&Field>) -> Vec<(&'static str, Value)> {
+    let Some(field) = field else {
+        return match id {
+            FieldId::MdnsServices | FieldId::DialApps => vec![],
+            FieldId::Reachability => vec![
+                ("reachability", Value::Null),
+                ("reachability_evidence", Value::Null),
+                ("reachability_rtt_us", Value::Null),
+            ],
+            FieldId::FirstSeen => vec![("first_seen_ms", Value::Null)],
+            FieldId::LastSeen => vec![("last_seen_ms", Value::Null)],
+            other => vec![(other.name(), Value::Null)],
+        };
+    };
+    let text = |t: &Option<rae_proto::Text>| bytea(t.as_ref().map(|t| t.as_bytes()));
+    match field {
+        Field::Mac(mac) => vec![("mac", json!(mac.to_string()))],
+        Field::Ipv4(ip) => vec![("ipv4", json!(ip.map(|ip| ip.to_string())))],
+        Field::Ipv6(ips) => {
+            let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+            vec![("ipv6", json!(list))]
+        }
+        Field::DhcpClientId(id) => vec![("dhcp_client_id", bytea(id.as_deref()))],
+        Field::Hostname(name) => vec![("hostname", text(name))],
+        Field::Vendor(v) => vec![("vendor", json!(v.as_deref().map(storable)))],
+        Field::LocallyAdministered(flag) => vec![("locally_administered", json!(flag))],
+        Field::DhcpVendorClass(class) => vec![("dhcp_vendor_class", text(class))],
+        Field::DhcpParamRequestList(list) => {
+            vec![("dhcp_param_request_list", bytea(Some(list)))]
+        }
+        Field::MdnsServices(_) | Field::DialApps(_) => vec![],
+        Field::Upnp(upnp) => vec![(
+            "upnp",
+            upnp.as_ref().map_or(Value::Null, |u| {
+                let s = |v: &Option<String>| json!(v.as_deref().map(storable));
+                json!({
+                    "friendly_name": s(&u.friendly_name),
+                    "manufacturer": s(&u.manufacturer),
+                    "model_name": s(&u.model_name),
+                    "model_number": s(&u.model_number),
+                    "serial_number": s(&u.serial_number),
+                    "udn": s(&u.udn),
+                })
+            }),
+        )],
+        Field::Esn(esn) => vec![("esn", json!(esn.as_deref().map(storable)))],
+        Field::Reachability(r) => vec![
+            ("reachability", json!(r.state.as_str())),
+            ("reachability_evidence", json!(r.evidence.to_string())),
+            ("reachability_rtt_us", json!(r.rtt_us)),
+        ],
+        Field::Availability(a) => vec![("availability", json!(a.as_str()))],
+        Field::FirstSeen(ms) => vec![("first_seen_ms", json!(ms))],
+        Field::LastSeen(ms) => vec![("last_seen_ms", json!(ms))],
+    }
+}
+
+/// The stored session row and its child rows, as JSON.
+async fn stored(db: &Db, session: SessionId) -> (Value, Vec<Value>, Vec<Value>) {
+    let id = *session.as_uuid();
+    let row: String = sqlx::query_scalar(
+        "SELECT (to_jsonb(s) - 'received_at')::TEXT FROM device_sessions s WHERE session = $1",
+    )
+    .bind(id)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    let mut children = Vec::new();
+    for table in ["device_mdns_services", "device_dial_apps"] {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(c)::TEXT FROM {table} c WHERE session = $1 ORDER BY position"
+        ))
+        .bind(id)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::from_str(r).unwrap())
+            .collect();
+        children.push(rows);
+    }
+    let dial = children.pop().unwrap();
+    let mdns = children.pop().unwrap();
+    (serde_json::from_str(&row).unwrap(), mdns, dial)
+}
+
+/// The columns where two row objects differ, for a readable failure.
+fn differing(want: &Value, got: &Value) -> Vec<String> {
+    let (Some(w), Some(g)) = (want.as_object(), got.as_object()) else {
+        return vec![format!("want {want}, got {got}")];
+    };
+    let keys: BTreeSet<&String> = w.keys().chain(g.keys()).collect();
+    keys.into_iter()
+        .filter(|k| w.get(*k) != g.get(*k))
+        .map(|k| format!("{k}: model {:?}, stored {:?}", w.get(k), g.get(k)))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +487,7 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (vec(history(), 1..=3), vec(0..3usize, 64), any::<u64>()).prop_map(
+    (vec(history(), 1..=10), vec(0..3usize, 64), any::<u64>()).prop_map(
         |(histories, copies, seed)| Case {
             histories,
             copies,
@@ -245,6 +509,9 @@ impl Shuffler {
 }
 
 static CASE: AtomicUsize = AtomicUsize::new(0);
+
+/// Largest batch the shuffled writer gets: room for many sessions in one transaction.
+const MAX_BATCH: usize = 40;
 
 async fn check(in_order: &Db, shuffled: &Db, case: Case) -> Result<(), TestCaseError> {
     let serial = Serial::new(format!("PROP-{}", CASE.fetch_add(1, Ordering::Relaxed))).unwrap();
@@ -276,7 +543,7 @@ async fn check(in_order: &Db, shuffled: &Db, case: Case) -> Result<(), TestCaseE
     }
     let mut rest = &mixed[..];
     while !rest.is_empty() {
-        let take = 1 + rng.next(rest.len().min(6));
+        let take = 1 + rng.next(rest.len().min(MAX_BATCH));
         let (batch, tail) = rest.split_at(take);
         let outcome = shuffled.write(batch).await.unwrap();
         prop_assert_eq!((outcome.applied, outcome.dead_lettered), (batch.len(), 0));
@@ -286,37 +553,31 @@ async fn check(in_order: &Db, shuffled: &Db, case: Case) -> Result<(), TestCaseE
     let got = rows_of(shuffled, serial.as_str()).await;
     prop_assert_eq!(&want, &got, "rows differ from in-order application");
 
+    // Every column of every session and child row against the independent model.
     for history in &case.histories {
-        let (record, gap) = expected(history);
-        let row = session_row(shuffled, history.session).await;
-        prop_assert_eq!(row.get::<String, _>("mac"), record.mac.to_string());
-        prop_assert_eq!(
-            row.get::<Option<String>, _>("ipv4"),
-            record.ipv4.map(|ip| ip.to_string())
+        let mut model = Model::default();
+        let events = history.delivered(&serial);
+        if events.is_empty() {
+            let rows: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM device_sessions WHERE session = $1")
+                    .bind(*history.session.as_uuid())
+                    .fetch_one(shuffled.pool())
+                    .await
+                    .unwrap();
+            prop_assert_eq!(rows, 0, "a session with no delivered event has no row");
+            continue;
+        }
+        events.iter().for_each(|e| model.apply(e));
+        let (row, mdns, dial) = stored(shuffled, history.session).await;
+        let want_row = model.row(&serial, history.session);
+        prop_assert!(
+            want_row == row,
+            "session row differs from the model: {:#?}",
+            differing(&want_row, &row)
         );
-        prop_assert_eq!(row.get::<i64, _>("last_seen_ms"), record.last_seen_ms);
-        prop_assert_eq!(
-            row.get::<Option<Vec<u8>>, _>("hostname"),
-            record.hostname.as_ref().map(|h| h.as_bytes().to_vec())
-        );
-        prop_assert_eq!(row.get::<bool, _>("needs_resync"), gap);
-        prop_assert_eq!(
-            row.get::<Option<String>, _>("close_reason"),
-            history.closed.map(|r| r.as_str().to_owned())
-        );
-        let services: Vec<String> = sqlx::query_scalar(
-            "SELECT instance FROM device_mdns_services WHERE session = $1 ORDER BY position",
-        )
-        .bind(*history.session.as_uuid())
-        .fetch_all(shuffled.pool())
-        .await
-        .unwrap();
-        let want: Vec<String> = record
-            .mdns_services
-            .iter()
-            .map(|s| s.instance.clone())
-            .collect();
-        prop_assert_eq!(services, want);
+        let (want_mdns, want_dial) = model.children(history.session);
+        prop_assert_eq!(want_mdns, mdns, "mDNS service rows");
+        prop_assert_eq!(want_dial, dial, "DIAL app rows");
     }
     Ok(())
 }
