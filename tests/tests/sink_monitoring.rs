@@ -1,7 +1,8 @@
 //! deploy/monitoring against the real thing: promtool accepts the alert rules and their unit
 //! tests; a real Prometheus (Debian's, on a loopback port) scrapes a running `cloud-sink mqtt`
-//! and holds the series the test moved, loads the rules and fires the dead-letter alert;
-//! and every metric name the dashboard and the rules use is one the sink exposes, so a
+//! and a running `cloud-sink kafka` and holds the series the test moved, loads the rules and
+//! fires the dead-letter alert; and every metric name the dashboard and the rules use is one
+//! a running sink exposes (each name is scraped from the MQTT or the Kafka sink), so a
 //! renamed metric fails here.
 
 mod sink_support;
@@ -10,10 +11,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloud_sink::ops::metrics::{render_kafka, WriterStats};
-use cloud_sink::source::kafka::{KafkaMetricsSnapshot, PartitionGauge, PartitionId};
-use rae_tests::services::{promtool, Mosquitto, Postgres, Prometheus, ScrapeJob};
-use rae_tests::sink::Sink;
+use rae_tests::services::{promtool, Kafka, Mosquitto, Postgres, Prometheus, ScrapeJob};
+use rae_tests::sink::{KafkaSinkSpec, Sink};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use sink_support::{device_events, publish, serials, wait_until, Message};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -74,32 +74,143 @@ fn read_dashboard() -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-/// Sample names of an exposition text (histogram `_bucket`/`_sum`/`_count` included).
-fn exposed_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
+/// Series only a Kafka-mode sink exposes.
+fn kafka_only(name: &str) -> bool {
+    name.starts_with("cloud_sink_kafka_") || name == "cloud_sink_in_flight_records"
 }
 
-/// What a Kafka-mode sink with one assigned partition exposes, rendered by the sink's own
-/// `/metrics` code: the names only Kafka mode has (an MQTT sink cannot show them).
-fn kafka_mode_names() -> BTreeSet<String> {
-    let mut k = KafkaMetricsSnapshot::default();
-    k.partitions.insert(
-        PartitionId {
-            topic: "rae-events".into(),
-            partition: 0,
-        },
-        PartitionGauge {
-            buffered: 1,
-            paused: false,
-            lag: Some(3),
-            committed: Some(10),
-        },
+/// Series only an MQTT-mode sink exposes.
+fn mqtt_only(name: &str) -> bool {
+    name.starts_with("cloud_sink_mqtt_") || name == "cloud_sink_in_flight"
+}
+
+/// Starts Prometheus scraping `sink` every second with the alert rules loaded.
+fn prometheus_for(sink: &Sink) -> Prometheus {
+    let rules = monitoring_dir().join(RULES);
+    Prometheus::start(
+        &[ScrapeJob {
+            name: JOB.into(),
+            targets: vec![sink.metrics_addr()],
+        }],
+        Duration::from_secs(1),
+        &[&rules],
+    )
+    .expect("prometheus")
+}
+
+/// The value of a query that yields one sample.
+fn value(prom: &Prometheus, promql: &str) -> Result<f64, String> {
+    let samples = prom.query(promql)?;
+    match samples.as_slice() {
+        [(_, v)] => Ok(*v),
+        other => Err(format!("{promql}: {} samples: {other:?}", other.len())),
+    }
+}
+
+/// Waits for a scrape of the idle sink: its counters' first samples are zero, so the
+/// increases after it are what the test did.
+async fn wait_idle_scrape(prom: &Prometheus) {
+    wait_until("Prometheus scraped the idle sink", WAIT, || async {
+        let up = value(prom, &format!("up{{job=\"{JOB}\"}}"))?;
+        let applied = value(prom, "cloud_sink_records_applied_total")?;
+        let dead = value(prom, "cloud_sink_dead_letters_total")?;
+        if (up, applied, dead) == (1.0, 0.0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!("up {up}, applied {applied}, dead letters {dead}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until every loaded rule evaluates without error and the dead-letter alert fires;
+/// checks it is the only one firing; returns each rule's name and query as Prometheus
+/// parsed them.
+async fn wait_dead_letter_alert(prom: &Prometheus) -> Vec<(String, String)> {
+    let loaded = wait_until("the dead-letter alert fires", WAIT, || async {
+        let data = prom.api("rules", &[])?;
+        let mut loaded = Vec::new();
+        let mut firing = false;
+        let groups = data["groups"].as_array().ok_or("no rule groups")?;
+        for g in groups {
+            for r in g["rules"].as_array().ok_or("no rules")? {
+                let name = r["name"].as_str().unwrap_or_default().to_owned();
+                if r["health"] != "ok" && r["health"] != "unknown" {
+                    return Err(format!("rule {name}: {} {}", r["health"], r["lastError"]));
+                }
+                if name == "CloudSinkDeadLetters" && r["state"] == "firing" {
+                    firing = true;
+                }
+                loaded.push((name, r["query"].as_str().unwrap_or_default().to_owned()));
+            }
+        }
+        if firing {
+            Ok(loaded)
+        } else {
+            Err(format!(
+                "{} rules loaded, CloudSinkDeadLetters not firing",
+                loaded.len()
+            ))
+        }
+    })
+    .await;
+    assert_eq!(loaded.len(), 11, "every rule of {RULES} loaded: {loaded:?}");
+    let alerts = prom.api("alerts", &[]).expect("alerts");
+    let firing: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .expect("alerts list")
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["alertname"].as_str())
+        .collect();
+    assert_eq!(
+        firing,
+        ["CloudSinkDeadLetters"],
+        "only the dead-letter alert fires"
     );
-    exposed_names(&render_kafka(&k, &WriterStats::default(), true))
+    loaded
+}
+
+/// Every metric name the rules (as Prometheus parsed them) and the dashboard use is in
+/// Prometheus's scraped data, but the names only the other mode has (`elsewhere`).
+fn assert_names_scraped(
+    prom: &Prometheus,
+    rules: &[(String, String)],
+    elsewhere: fn(&str) -> bool,
+) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for (_, query) in rules {
+        metric_names(query, &mut used);
+    }
+    for name in [
+        "up",
+        "cloud_sink_dead_letters_total",
+        "cloud_sink_kafka_partition_lag",
+        "cloud_sink_kafka_partition_committed_offset",
+    ] {
+        assert!(used.contains(name), "the rules use {name}: {used:?}");
+    }
+    for e in dashboard_exprs(&read_dashboard()) {
+        metric_names(&e, &mut used);
+    }
+    let scraped: BTreeSet<String> = prom
+        .api("label/__name__/values", &[])
+        .expect("metric names")
+        .as_array()
+        .expect("name list")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !scraped.contains(*n) && !elsewhere(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "names the dashboard or the rules use that the running sink does not expose: \
+         {missing:?}\nscraped: {scraped:?}"
+    );
+    used
 }
 
 #[test]
@@ -174,37 +285,8 @@ async fn prometheus_scrapes_a_running_mqtt_sink_and_sees_every_metric_the_dashbo
     sink.wait_ready(WAIT)
         .unwrap_or_else(|e| panic!("{e}\n{}", sink.log_tail()));
 
-    let rules = monitoring_dir().join(RULES);
-    let prom = Prometheus::start(
-        &[ScrapeJob {
-            name: JOB.into(),
-            targets: vec![sink.metrics_addr()],
-        }],
-        Duration::from_secs(1),
-        &[&rules],
-    )
-    .expect("prometheus");
-    let value = |promql: &str| {
-        let samples = prom.query(promql)?;
-        match samples.as_slice() {
-            [(_, v)] => Ok(*v),
-            other => Err(format!("{promql}: {} samples: {other:?}", other.len())),
-        }
-    };
-
-    // A scrape from before any traffic: the counters' first samples are zero, so the
-    // increases below are what the test did.
-    wait_until("Prometheus scraped the idle sink", WAIT, || async {
-        let up = value(&format!("up{{job=\"{JOB}\"}}"))?;
-        let applied = value("cloud_sink_records_applied_total")?;
-        let dead = value("cloud_sink_dead_letters_total")?;
-        if (up, applied, dead) == (1.0, 0.0, 0.0) {
-            Ok(())
-        } else {
-            Err(format!("up {up}, applied {applied}, dead letters {dead}"))
-        }
-    })
-    .await;
+    let prom = prometheus_for(&sink);
+    wait_idle_scrape(&prom).await;
 
     let mut messages = device_events(0x4d, &serials(&["MON-RAE-1", "MON-RAE-2"]), 6, 4);
     let applied_expected = messages.len() as f64;
@@ -225,12 +307,12 @@ async fn prometheus_scrapes_a_running_mqtt_sink_and_sees_every_metric_the_dashbo
         "Prometheus holds the series the test moved",
         WAIT,
         || async {
-            let applied = value("cloud_sink_records_applied_total")?;
-            let dead = value("cloud_sink_dead_letters_total")?;
-            let received = value("cloud_sink_mqtt_messages_received_total")?;
-            let acked = value("cloud_sink_mqtt_acks_sent_total")?;
-            let up = value(&format!("up{{job=\"{JOB}\"}}"))?;
-            let db = value("cloud_sink_database_up")?;
+            let applied = value(&prom, "cloud_sink_records_applied_total")?;
+            let dead = value(&prom, "cloud_sink_dead_letters_total")?;
+            let received = value(&prom, "cloud_sink_mqtt_messages_received_total")?;
+            let acked = value(&prom, "cloud_sink_mqtt_acks_sent_total")?;
+            let up = value(&prom, &format!("up{{job=\"{JOB}\"}}"))?;
+            let db = value(&prom, "cloud_sink_database_up")?;
             let want = (applied_expected, 1.0, 1.0, 1.0);
             if (applied, dead, up, db) == want && received >= messages.len() as f64 && acked >= 1.0
             {
@@ -245,106 +327,128 @@ async fn prometheus_scrapes_a_running_mqtt_sink_and_sees_every_metric_the_dashbo
     )
     .await;
 
-    // The rules Prometheus loaded evaluate without error against the real series, and the
-    // dead letter fires its alert (it has no `for`).
-    let loaded = wait_until("the dead-letter alert fires", WAIT, || async {
-        let data = prom.api("rules", &[])?;
-        let mut loaded = Vec::new();
-        let mut firing = false;
-        let groups = data["groups"].as_array().ok_or("no rule groups")?;
-        for g in groups {
-            for r in g["rules"].as_array().ok_or("no rules")? {
-                let name = r["name"].as_str().unwrap_or_default().to_owned();
-                if r["health"] != "ok" && r["health"] != "unknown" {
-                    return Err(format!("rule {name}: {} {}", r["health"], r["lastError"]));
-                }
-                if name == "CloudSinkDeadLetters" && r["state"] == "firing" {
-                    firing = true;
-                }
-                loaded.push((name, r["query"].as_str().unwrap_or_default().to_owned()));
-            }
-        }
-        if firing {
-            Ok(loaded)
-        } else {
-            Err(format!(
-                "{} rules loaded, CloudSinkDeadLetters not firing",
-                loaded.len()
-            ))
-        }
-    })
-    .await;
-    assert_eq!(loaded.len(), 11, "every rule of {RULES} loaded: {loaded:?}");
-    let alerts = prom.api("alerts", &[]).expect("alerts");
-    let firing: Vec<&str> = alerts["alerts"]
-        .as_array()
-        .expect("alerts list")
-        .iter()
-        .filter(|a| a["state"] == "firing")
-        .filter_map(|a| a["labels"]["alertname"].as_str())
-        .collect();
-    assert_eq!(
-        firing,
-        ["CloudSinkDeadLetters"],
-        "only the dead-letter alert fires"
-    );
-
-    // Every metric name the rules (as Prometheus parsed them) and the dashboard use.
-    let mut used = BTreeSet::new();
-    for (_, query) in &loaded {
-        metric_names(query, &mut used);
-    }
-    let rule_names = used.clone();
-    for e in dashboard_exprs(&read_dashboard()) {
-        metric_names(&e, &mut used);
-    }
-    for name in [
-        "up",
-        "cloud_sink_dead_letters_total",
-        "cloud_sink_kafka_partition_lag",
-    ] {
-        assert!(
-            rule_names.contains(name),
-            "the rules use {name}: {rule_names:?}"
-        );
-    }
-    let scraped: BTreeSet<String> = prom
-        .api("label/__name__/values", &[])
-        .expect("metric names")
-        .as_array()
-        .expect("name list")
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    let kafka_only = kafka_mode_names();
-    let missing: Vec<&String> = used
-        .iter()
-        .filter(|n| !scraped.contains(*n) && !kafka_only.contains(*n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "names the dashboard or the rules use that no sink exposes: {missing:?}\n\
-         scraped from cloud-sink mqtt: {scraped:?}\nKafka mode: {kafka_only:?}"
-    );
-    // Whatever is not in the MQTT scrape is a Kafka-mode series.
-    let from_kafka: Vec<&String> = used.iter().filter(|n| !scraped.contains(*n)).collect();
-    for n in &from_kafka {
-        assert!(
-            n.starts_with("cloud_sink_kafka_") || n.as_str() == "cloud_sink_in_flight_records",
-            "{n} is only in Kafka mode's /metrics but is not a Kafka series"
-        );
-    }
-    // The MQTT sink's own series are all there: at least the applied/dead-letter/heal ones.
+    let rules = wait_dead_letter_alert(&prom).await;
+    let used = assert_names_scraped(&prom, &rules, kafka_only);
     for n in [
         "cloud_sink_records_applied_total",
         "cloud_sink_heal_tracked_sessions",
         "cloud_sink_batch_write_seconds_bucket",
         "cloud_sink_in_flight",
+        "cloud_sink_mqtt_acks_sent_total",
     ] {
-        assert!(
-            used.contains(n) && scraped.contains(n),
-            "{n} used and scraped"
-        );
+        assert!(used.contains(n), "the dashboard or the rules use {n}");
+    }
+
+    let (exit, _) = sink.terminate(Duration::from_secs(20)).expect("SIGTERM");
+    assert!(exit.success(), "cloud-sink exit status {exit}");
+    drop(prom);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_running_kafka_sink_and_sees_every_kafka_series_the_dashboard_and_rules_use(
+) {
+    const TOPIC: &str = "rae-events";
+    const PARTITIONS: i32 = 2;
+    let kafka = Kafka::start().expect("kafka");
+    kafka.create_topic(TOPIC, PARTITIONS).await.expect("topic");
+    let pg = Postgres::start().expect("postgres");
+    let url = pg
+        .create_database("sink_monitoring_kafka")
+        .await
+        .expect("database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--batch-max-wait-ms=100",
+        "--commit-interval-ms=200",
+        "--statistics-interval-ms=500",
+        "--librdkafka=session.timeout.ms=6000",
+        "--librdkafka=heartbeat.interval.ms=500",
+    ];
+    let mut sink = Sink::start_kafka(&KafkaSinkSpec {
+        name: "sink-monitoring-kafka".into(),
+        dir: dir.path().to_path_buf(),
+        brokers: kafka.bootstrap_servers(),
+        topic: TOPIC.into(),
+        group: "monitoring".into(),
+        database_url: url,
+        shutdown_deadline_secs: 10,
+        extra: flags.iter().map(|s| s.to_string()).collect(),
+    })
+    .expect("cloud-sink kafka");
+    sink.wait_ready(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", sink.log_tail()));
+    let prom = prometheus_for(&sink);
+    wait_idle_scrape(&prom).await;
+
+    // Records keyed by their MQTT topic, as the bridge produces them, and one the sink
+    // cannot decode.
+    let mut messages = device_events(0x4b, &serials(&["MON-KRAE-1", "MON-KRAE-2"]), 6, 4);
+    let applied_expected = messages.len() as f64;
+    messages.push(Message {
+        topic: messages[0].topic.clone(),
+        payload: b"not a protobuf envelope".to_vec(),
+    });
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut deliveries = Vec::new();
+    for m in &messages {
+        let record = FutureRecord::to(TOPIC).key(&m.topic).payload(&m.payload);
+        let delivery = producer
+            .send_result(record)
+            .unwrap_or_else(|(e, _)| panic!("record for {} not enqueued: {e}", m.topic));
+        deliveries.push(delivery);
+    }
+    for delivery in deliveries {
+        tokio::time::timeout(WAIT, delivery)
+            .await
+            .expect("record not acknowledged in time")
+            .expect("producer dropped the delivery")
+            .unwrap_or_else(|(e, _)| panic!("record refused: {e}"));
+    }
+
+    wait_until(
+        "Prometheus holds the Kafka series the test moved",
+        WAIT,
+        || async {
+            let applied = value(&prom, "cloud_sink_records_applied_total")?;
+            let dead = value(&prom, "cloud_sink_dead_letters_total")?;
+            let received = value(&prom, "cloud_sink_kafka_records_received_total")?;
+            let committed = prom.query("sum(cloud_sink_kafka_partition_committed_offset)")?;
+            let committed = committed.first().map_or(0.0, |(_, v)| *v);
+            let lag = prom.query("cloud_sink_kafka_partition_lag")?;
+            let assigned = value(&prom, "cloud_sink_kafka_assigned_partitions")?;
+            let all = messages.len() as f64;
+            if (applied, dead, committed) == (applied_expected, 1.0, all)
+                && received >= all
+                && lag.len() == PARTITIONS as usize
+                && assigned == f64::from(PARTITIONS)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "applied {applied}, dead letters {dead}, received {received}, \
+                 committed offsets sum {committed} (want {all}), lag series {}, \
+                 assigned {assigned}",
+                    lag.len()
+                ))
+            }
+        },
+    )
+    .await;
+
+    let rules = wait_dead_letter_alert(&prom).await;
+    let used = assert_names_scraped(&prom, &rules, mqtt_only);
+    for n in [
+        "cloud_sink_kafka_partition_lag",
+        "cloud_sink_kafka_partition_committed_offset",
+        "cloud_sink_kafka_stalls_total",
+        "cloud_sink_in_flight_records",
+    ] {
+        assert!(used.contains(n), "the dashboard or the rules use {n}");
     }
 
     let (exit, _) = sink.terminate(Duration::from_secs(20)).expect("SIGTERM");
