@@ -162,14 +162,14 @@ pub const SET_ISOLATION: &str = "SET default_transaction_isolation = 'serializab
 
 /// Every connection runs at [`DbOptions::isolation`], set with the
 /// `default_transaction_isolation` session variable, which both PostgreSQL and CockroachDB
-/// document (see docs/cockroachdb.md). No ping before each acquire: a connection found dead
-/// fails the attempt with an I/O error, which is retried like any lost connection.
+/// document (see docs/cockroachdb.md). sqlx's ping before each acquire stays: the writes
+/// would retry a dead connection, but the pool is shared with `/readyz` and other direct
+/// users, which would each get one error per connection killed by a database restart.
 fn pool_options(options: &DbOptions) -> PgPoolOptions {
     let set_isolation = options.isolation.statement();
     PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.acquire_timeout)
-        .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 conn.execute(set_isolation).await?;
