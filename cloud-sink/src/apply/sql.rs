@@ -366,7 +366,7 @@ impl Db {
         let mut convicted: Vec<(usize, String)> = Vec::new();
         while let Some(range) = todo.pop() {
             let part = &batch[range.clone()];
-            match self.write_part(part, prepare(part)).await {
+            match self.write_part(part, prepare(part), || prepare(part)).await {
                 Ok(outcome) => {
                     committed |= outcome.applied > 0;
                     add(&mut total, outcome);
@@ -438,7 +438,8 @@ impl Db {
         batch: &[Raw],
         plan: Folded,
     ) -> Result<WriteOutcome, WriteError> {
-        match self.write_part(batch, plan).await {
+        let again = plan.clone(); // dead letters only: small
+        match self.write_part(batch, plan, || again.clone()).await {
             Ok(outcome) => Ok(outcome),
             Err(AttemptsFailed::Write(error)) => Err(error),
             Err(
@@ -479,14 +480,20 @@ impl Db {
         }
     }
 
+    /// Runs `plan` in a transaction, retried. An attempt consumes its plan; a retry (rare)
+    /// takes a new one from `remake` (decoding the batch again) rather than every attempt
+    /// paying for a copy.
     async fn write_part(
         &self,
         batch: &[Raw],
         plan: Folded,
+        remake: impl Fn() -> Folded,
     ) -> Result<WriteOutcome, AttemptsFailed> {
         let mut attempt = 1;
+        let mut first = Some(plan);
         loop {
-            let failure = match self.transaction(batch, plan.clone()).await {
+            let plan = first.take().unwrap_or_else(&remake);
+            let failure = match self.transaction(batch, plan).await {
                 Ok(mut outcome) => {
                     outcome.retries = attempt - 1;
                     return Ok(outcome);
