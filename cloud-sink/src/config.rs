@@ -537,6 +537,7 @@ impl DbArgs {
             },
             max_pending_runs: self.max_pending_runs.max(1),
             permanent_strikes: self.db_permanent_strikes.max(1),
+            isolation: crate::apply::sql::Isolation::default(),
         }
     }
 }

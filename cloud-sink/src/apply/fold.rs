@@ -194,8 +194,9 @@ pub struct Closing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionFold {
     pub serial: Serial,
-    /// Indexed by [`FieldId::number`].
-    pub fields: Vec<Option<Stamped<Field>>>,
+    /// The fields the batch carried for the session, newest per field, at most one per
+    /// [`FieldId`] (sparse: a Delta of two fields costs two entries, not [`FieldId::COUNT`]).
+    pub fields: Vec<Stamped<Field>>,
     pub track: SeqTrack,
     /// `at_ms` of the lowest-seq event.
     pub opened: Option<Stamped<i64>>,
@@ -210,7 +211,7 @@ impl SessionFold {
     pub fn new(serial: Serial) -> Self {
         Self {
             serial,
-            fields: vec![None; FieldId::COUNT],
+            fields: Vec::new(),
             track: SeqTrack::default(),
             opened: None,
             closed: None,
@@ -220,13 +221,18 @@ impl SessionFold {
     }
 
     pub fn field(&self, id: FieldId) -> Option<&Stamped<Field>> {
-        self.fields[usize::from(id.number())].as_ref()
+        self.fields.iter().find(|held| held.value.id() == id)
     }
 
     fn put(&mut self, seq: u64, field: Field) {
-        let slot = &mut self.fields[usize::from(field.id().number())];
-        if slot.as_ref().map_or(true, |held| seq > held.seq) {
-            *slot = Some(Stamped { seq, value: field });
+        let id = field.id();
+        match self.fields.iter_mut().find(|held| held.value.id() == id) {
+            Some(held) => {
+                if seq > held.seq {
+                    *held = Stamped { seq, value: field };
+                }
+            }
+            None => self.fields.push(Stamped { seq, value: field }),
         }
     }
 
@@ -374,6 +380,9 @@ pub struct StoredSession {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     pub session: SessionId,
+    /// The row existed (and is locked) when the transaction read it; `false`: the write
+    /// inserts it, and fails if a concurrent writer inserted it first.
+    pub stored: bool,
     pub fold: SessionFold,
     pub needs_resync: bool,
     /// This write made the gap record overflow (it was not overflowed before).
@@ -417,9 +426,9 @@ impl Folded {
         self.reject_foreign(stored);
         self.apply_inventories(stored);
         let mut rows = Vec::with_capacity(self.sessions.len());
-        for (id, fold) in &self.sessions {
-            let mut fold = fold.clone();
-            let row = stored.get(id);
+        // Moved, not cloned: the plan is the attempt's own (see `Db::write_part`).
+        for (id, mut fold) in std::mem::take(&mut self.sessions) {
+            let row = stored.get(&id);
             if let Some(row) = row {
                 fold.track.merge(&row.track);
                 fold.inventory_seq = fold.inventory_seq.max(row.inventory_seq);
@@ -433,7 +442,8 @@ impl Folded {
                 wins(FieldId::MdnsServices, row.and_then(|r| r.mdns_services_seq));
             let replace_dial_apps = wins(FieldId::DialApps, row.and_then(|r| r.dial_apps_seq));
             rows.push(SessionRow {
-                session: *id,
+                session: id,
+                stored: row.is_some(),
                 needs_resync: fold.track.needs_resync(fold.inventory_seq),
                 gap_overflow,
                 replace_mdns_services,

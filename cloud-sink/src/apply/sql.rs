@@ -71,6 +71,35 @@ pub struct DbOptions {
     /// permanent error before it is dead-lettered although nothing proved the database
     /// healthy; at least 1.
     pub permanent_strikes: u32,
+    /// The isolation every connection runs its transactions at.
+    pub isolation: Isolation,
+}
+
+/// The isolation level of the sink's transactions, set per connection with
+/// `SET default_transaction_isolation`.
+///
+/// The write is correct at both: it locks the rows it writes (`SELECT ... FOR UPDATE` by
+/// primary key, and the open sessions of an inventory's RAE by serial), and inserts the rows
+/// it did not find with `ON CONFLICT DO NOTHING`, retrying the transaction when a concurrent
+/// writer inserted one first. SERIALIZABLE, the default, is CockroachDB's (which runs READ
+/// COMMITTED only as an opt-in cluster setting). On PostgreSQL, SERIALIZABLE adds predicate
+/// locks on the B-tree pages the lookups read: writers of disjoint sessions then fail each
+/// other with 40001; READ COMMITTED relies on the row locks alone (see docs/cockroachdb.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    #[default]
+    Serializable,
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// The statement a new connection runs first.
+    pub fn statement(self) -> &'static str {
+        match self {
+            Isolation::Serializable => SET_ISOLATION,
+            Isolation::ReadCommitted => "SET default_transaction_isolation = 'read committed'",
+        }
+    }
 }
 
 impl Default for DbOptions {
@@ -81,6 +110,7 @@ impl Default for DbOptions {
             retry: RetryPolicy::default(),
             max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
             permanent_strikes: DEFAULT_PERMANENT_STRIKES,
+            isolation: Isolation::default(),
         }
     }
 }
@@ -127,20 +157,22 @@ pub enum DbError {
     },
 }
 
-/// The statement every new connection runs first.
+/// The statement every new connection runs first (with the default [`Isolation`]).
 pub const SET_ISOLATION: &str = "SET default_transaction_isolation = 'serializable'";
 
-/// Every connection runs SERIALIZABLE: CockroachDB's default, and the level that makes the
-/// read of the stored seq bookkeeping and the upsert built from it one atomic step. Set with
-/// the `default_transaction_isolation` session variable, which both PostgreSQL and
-/// CockroachDB document (see docs/cockroachdb.md).
+/// Every connection runs at [`DbOptions::isolation`], set with the
+/// `default_transaction_isolation` session variable, which both PostgreSQL and CockroachDB
+/// document (see docs/cockroachdb.md). sqlx's ping before each acquire stays: the writes
+/// would retry a dead connection, but the pool is shared with `/readyz` and other direct
+/// users, which would each get one error per connection killed by a database restart.
 fn pool_options(options: &DbOptions) -> PgPoolOptions {
+    let set_isolation = options.isolation.statement();
     PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.acquire_timeout)
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                conn.execute(SET_ISOLATION).await?;
+                conn.execute(set_isolation).await?;
                 Ok(())
             })
         })
@@ -156,6 +188,29 @@ enum Failure {
     /// Anything else (schema missing, permissions): retrying the same batch cannot help.
     Permanent(String),
     Stopped,
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    Sql(sqlx::Error),
+    /// Rows the transaction was to insert were inserted by a concurrent writer since it read.
+    Raced(usize),
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(error: sqlx::Error) -> Self {
+        AttemptError::Sql(error)
+    }
+}
+
+fn classify_attempt(error: &AttemptError) -> Failure {
+    match error {
+        AttemptError::Sql(error) => classify(error),
+        AttemptError::Raced(count) => Failure::Transient(format!(
+            "a concurrent writer inserted {count} of the batch's new sessions first"
+        )),
+    }
 }
 
 fn classify(error: &sqlx::Error) -> Failure {
@@ -311,7 +366,7 @@ impl Db {
         let mut convicted: Vec<(usize, String)> = Vec::new();
         while let Some(range) = todo.pop() {
             let part = &batch[range.clone()];
-            match self.write_part(part, prepare(part)).await {
+            match self.write_part(part, prepare(part), || prepare(part)).await {
                 Ok(outcome) => {
                     committed |= outcome.applied > 0;
                     add(&mut total, outcome);
@@ -383,7 +438,8 @@ impl Db {
         batch: &[Raw],
         plan: Folded,
     ) -> Result<WriteOutcome, WriteError> {
-        match self.write_part(batch, plan).await {
+        let again = plan.clone(); // dead letters only: small
+        match self.write_part(batch, plan, || again.clone()).await {
             Ok(outcome) => Ok(outcome),
             Err(AttemptsFailed::Write(error)) => Err(error),
             Err(
@@ -424,19 +480,25 @@ impl Db {
         }
     }
 
+    /// Runs `plan` in a transaction, retried. An attempt consumes its plan; a retry (rare)
+    /// takes a new one from `remake` (decoding the batch again) rather than every attempt
+    /// paying for a copy.
     async fn write_part(
         &self,
         batch: &[Raw],
         plan: Folded,
+        remake: impl Fn() -> Folded,
     ) -> Result<WriteOutcome, AttemptsFailed> {
         let mut attempt = 1;
+        let mut first = Some(plan);
         loop {
-            let failure = match self.transaction(batch, plan.clone()).await {
+            let plan = first.take().unwrap_or_else(&remake);
+            let failure = match self.transaction(batch, plan).await {
                 Ok(mut outcome) => {
                     outcome.retries = attempt - 1;
                     return Ok(outcome);
                 }
-                Err(error) => classify(&error),
+                Err(error) => classify_attempt(&error),
             };
             let message = match failure {
                 Failure::Transient(message) => message,
@@ -476,7 +538,7 @@ impl Db {
         &self,
         batch: &[Raw],
         mut plan: Folded,
-    ) -> Result<WriteOutcome, sqlx::Error> {
+    ) -> Result<WriteOutcome, AttemptError> {
         let mut tx = self.pool.begin().await?;
         let serials: Vec<String> = plan
             .inventory_serials()
@@ -485,7 +547,11 @@ impl Db {
             .collect();
         let stored = read_sessions(&mut tx, &plan.sessions_to_read(), &serials).await?;
         let rows = plan.settle(&stored, self.max_pending_runs);
-        write_sessions(&mut tx, &rows).await?;
+        let raced = write_sessions(&mut tx, &rows).await?;
+        if raced > 0 {
+            // Dropping `tx` rolls it back; the retry reads (and locks) the rows now there.
+            return Err(AttemptError::Raced(raced));
+        }
         write_raes(&mut tx, &plan.raes).await?;
         let rejected: Vec<(usize, String)> = plan
             .rejected

@@ -57,8 +57,8 @@ impl Array {
     }
 }
 
-/// The columns of `device_sessions` after `session`, in bind order.
-fn session_columns() -> Vec<(String, Kind)> {
+/// The columns of `device_sessions` after `session`, in bind order (built once).
+static SESSION_COLUMNS: LazyLock<Vec<(String, Kind)>> = LazyLock::new(|| {
     let mut columns = vec![("serial".to_owned(), Kind::Text)];
     for id in FieldId::ALL {
         for (name, kind) in value_columns(id) {
@@ -84,12 +84,12 @@ fn session_columns() -> Vec<(String, Kind)> {
         columns.push((name.to_owned(), kind));
     }
     columns
-}
+});
 
-/// The session upsert: per-field last-writer-wins by seq; the bookkeeping columns come merged
-/// from [`super::fold::Folded::settle`] and are taken as they are.
-static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
-    let columns = session_columns();
+/// `INSERT INTO device_sessions ... SELECT ... FROM UNNEST(...)`, the part the upsert and
+/// the insert of new rows share.
+fn session_insert_head() -> String {
+    let columns = &*SESSION_COLUMNS;
     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
     let binds: Vec<String> = columns
         .iter()
@@ -97,6 +97,31 @@ static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
         .map(|(i, (_, kind))| format!("${}::{}", i + 2, kind.bind_type()))
         .collect();
     let selects: Vec<String> = columns.iter().map(|(n, k)| k.select_expr(n)).collect();
+    format!(
+        "INSERT INTO device_sessions AS s (session, {names}, received_at) \
+         SELECT b.session, {selects}, now() \
+         FROM UNNEST($1::UUID[], {binds}) AS b(session, {names})",
+        names = names.join(", "),
+        selects = selects.join(", "),
+        binds = binds.join(", "),
+    )
+}
+
+/// The insert of the sessions the transaction found no row for. `DO NOTHING` plus
+/// `RETURNING`: a row a concurrent writer inserted since the read is not overwritten with
+/// bookkeeping that never saw it; the caller counts the rows missing from the answer and
+/// retries the transaction (at READ COMMITTED nothing else would notice; at SERIALIZABLE the
+/// database raises 40001 itself).
+static SESSION_INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ON CONFLICT (session) DO NOTHING RETURNING session",
+        session_insert_head()
+    )
+});
+
+/// The session upsert: per-field last-writer-wins by seq; the bookkeeping columns come merged
+/// from [`super::fold::Folded::settle`] and are taken as they are.
+static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
     let mut sets = Vec::new();
     let mut changed = Vec::new();
     for id in FieldId::ALL {
@@ -141,14 +166,9 @@ static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
     }
     sets.push("received_at = EXCLUDED.received_at".to_owned());
     format!(
-        "INSERT INTO device_sessions AS s (session, {names}, received_at) \
-         SELECT b.session, {selects}, now() \
-         FROM UNNEST($1::UUID[], {binds}) AS b(session, {names}) \
-         ON CONFLICT (session) DO UPDATE SET {sets} \
+        "{head} ON CONFLICT (session) DO UPDATE SET {sets} \
          WHERE s.serial = EXCLUDED.serial AND ({changed})",
-        names = names.join(", "),
-        selects = selects.join(", "),
-        binds = binds.join(", "),
+        head = session_insert_head(),
         sets = sets.join(", "),
         changed = changed.join(" OR "),
     )
@@ -206,28 +226,52 @@ fn stored_track(
     track
 }
 
+/// The bookkeeping columns a write reads.
+const STORED_COLUMNS: &str = "session, serial, snapshot_seq, contiguous_seq, pending_seqs, \
+    pending_runs, pending_overflow, seq_hw, inventory_seq, opened_seq, opened_at_ms, \
+    closed_seq, mdns_services_seq, dial_apps_seq";
+
+/// The rows of the batch's sessions: primary-key lookups, so `FOR UPDATE` locks exactly the
+/// rows returned (no `OR` that could turn the plan into a scan, which CockroachDB would lock
+/// whole).
+static READ_BY_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {STORED_COLUMNS} FROM device_sessions \
+         WHERE session = ANY($1::UUID[]) FOR UPDATE"
+    )
+});
+
+/// The open sessions of the RAEs whose inventory the batch carries (inventory closing), a
+/// statement of its own on the partial index `device_sessions_open_by_serial`.
+static READ_OPEN_BY_SERIAL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {STORED_COLUMNS} FROM device_sessions \
+         WHERE serial = ANY($1::TEXT[]) AND closed_seq IS NULL FOR UPDATE"
+    )
+});
+
 /// Reads and locks the stored rows of `sessions`, and the open sessions of `serials`.
 pub async fn read_sessions(
     conn: &mut PgConnection,
     sessions: &[SessionId],
     serials: &[String],
 ) -> Result<BTreeMap<SessionId, StoredSession>, sqlx::Error> {
-    if sessions.is_empty() && serials.is_empty() {
-        return Ok(BTreeMap::new());
+    let mut rows = Vec::new();
+    if !sessions.is_empty() {
+        let ids: Vec<Uuid> = sessions.iter().map(|s| *s.as_uuid()).collect();
+        rows = sqlx::query(READ_BY_SESSION.as_str())
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
     }
-    let ids: Vec<Uuid> = sessions.iter().map(|s| *s.as_uuid()).collect();
-    let rows = sqlx::query(
-        "SELECT session, serial, snapshot_seq, contiguous_seq, pending_seqs, pending_runs, \
-         pending_overflow, seq_hw, \
-         inventory_seq, opened_seq, opened_at_ms, closed_seq, mdns_services_seq, dial_apps_seq \
-         FROM device_sessions \
-         WHERE session = ANY($1::UUID[]) OR (serial = ANY($2::TEXT[]) AND closed_seq IS NULL) \
-         FOR UPDATE",
-    )
-    .bind(ids)
-    .bind(serials)
-    .fetch_all(conn)
-    .await?;
+    if !serials.is_empty() {
+        rows.extend(
+            sqlx::query(READ_OPEN_BY_SERIAL.as_str())
+                .bind(serials)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
     let mut stored = BTreeMap::new();
     for row in rows {
         let session: Uuid = row.try_get("session")?;
@@ -264,43 +308,49 @@ pub async fn read_sessions(
     Ok(stored)
 }
 
-/// Upserts the session rows, then replaces the child rows the batch wins.
-pub async fn write_sessions(
-    conn: &mut PgConnection,
-    rows: &[SessionRow],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+/// The column arrays of a set of session rows, filled in [`SESSION_COLUMNS`] order.
+struct SessionArrays {
+    sessions: Vec<Uuid>,
+    arrays: Vec<Array>,
+}
+
+impl SessionArrays {
+    fn new(capacity: usize) -> Self {
+        Self {
+            sessions: Vec::with_capacity(capacity),
+            arrays: SESSION_COLUMNS
+                .iter()
+                .map(|(_, kind)| Array::new(*kind, capacity))
+                .collect(),
+        }
     }
-    let columns = session_columns();
-    let mut arrays: Vec<Array> = columns
-        .iter()
-        .map(|(_, kind)| Array::new(*kind, rows.len()))
-        .collect();
-    let mut sessions = Vec::with_capacity(rows.len());
-    let mut mdns_sessions = Vec::new();
-    let mut mdns = MdnsRows::default();
-    let mut dial_sessions = Vec::new();
-    let mut dial = DialRows::default();
-    for row in rows {
+
+    fn push(&mut self, row: &SessionRow) {
         let fold = &row.fold;
-        let uuid = *row.session.as_uuid();
-        sessions.push(uuid);
-        let mut cells_in_order = vec![Cell::Text(Some(fold.serial.as_str().to_owned()))];
+        self.sessions.push(*row.session.as_uuid());
+        let mut arrays = self.arrays.iter_mut();
+        let mut put = |cell: Cell| {
+            if let Some(array) = arrays.next() {
+                array.push(cell);
+            }
+        };
+        put(Cell::Text(Some(fold.serial.as_str().to_owned())));
         for id in FieldId::ALL {
             match fold.field(id) {
                 Some(stamped) => {
-                    cells_in_order.extend(cells(&stamped.value));
-                    cells_in_order.push(Cell::Int(Some(to_i64(stamped.seq))));
+                    cells(&stamped.value).into_iter().for_each(&mut put);
+                    put(Cell::Int(Some(to_i64(stamped.seq))));
                 }
                 None => {
-                    cells_in_order.extend(value_columns(id).iter().map(|(_, k)| Cell::null(*k)));
-                    cells_in_order.push(Cell::Int(None));
+                    for (_, kind) in value_columns(id) {
+                        put(Cell::null(*kind));
+                    }
+                    put(Cell::Int(None));
                 }
             }
         }
         let track = &fold.track;
-        cells_in_order.extend([
+        for cell in [
             Cell::Int(fold.opened.as_ref().map(|o| to_i64(o.seq))),
             Cell::Int(fold.opened.as_ref().map(|o| o.value)),
             Cell::Int(fold.closed.as_ref().map(|c| to_i64(c.seq))),
@@ -319,9 +369,44 @@ pub async fn write_sessions(
             Cell::Bool(Some(track.overflowed)),
             Cell::Int(Some(to_i64(fold.inventory_seq))),
             Cell::Bool(Some(row.needs_resync)),
-        ]);
-        for (array, cell) in arrays.iter_mut().zip(cells_in_order) {
-            array.push(cell);
+        ] {
+            put(cell);
+        }
+    }
+
+    fn query(self, sql: &str) -> Query<'_, Postgres, PgArguments> {
+        let mut query = sqlx::query(sql).bind(self.sessions);
+        for array in self.arrays {
+            query = array.bind(query);
+        }
+        query
+    }
+}
+
+/// Upserts the session rows the transaction read (and locked), inserts those it found none
+/// for, then replaces the child rows the batch wins. Returns how many of the new rows a
+/// concurrent writer inserted first (none written: the caller must roll back and retry).
+pub async fn write_sessions(
+    conn: &mut PgConnection,
+    rows: &[SessionRow],
+) -> Result<usize, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let stored_count = rows.iter().filter(|row| row.stored).count();
+    let mut stored = SessionArrays::new(stored_count);
+    let mut fresh = SessionArrays::new(rows.len() - stored_count);
+    let mut mdns_sessions = Vec::new();
+    let mut mdns = MdnsRows::default();
+    let mut dial_sessions = Vec::new();
+    let mut dial = DialRows::default();
+    for row in rows {
+        let fold = &row.fold;
+        let uuid = *row.session.as_uuid();
+        if row.stored {
+            stored.push(row);
+        } else {
+            fresh.push(row);
         }
         if row.replace_mdns_services {
             if let Some(Stamped {
@@ -344,13 +429,26 @@ pub async fn write_sessions(
             }
         }
     }
-    let mut query = sqlx::query(SESSION_UPSERT.as_str()).bind(sessions);
-    for array in arrays {
-        query = array.bind(query);
+    if !stored.sessions.is_empty() {
+        stored
+            .query(SESSION_UPSERT.as_str())
+            .execute(&mut *conn)
+            .await?;
     }
-    query.execute(&mut *conn).await?;
+    let fresh_count = fresh.sessions.len();
+    if fresh_count > 0 {
+        let inserted = fresh
+            .query(SESSION_INSERT.as_str())
+            .fetch_all(&mut *conn)
+            .await?
+            .len();
+        if inserted < fresh_count {
+            return Ok(fresh_count - inserted);
+        }
+    }
     replace_mdns(conn, mdns_sessions, mdns).await?;
-    replace_dial(conn, dial_sessions, dial).await
+    replace_dial(conn, dial_sessions, dial).await?;
+    Ok(0)
 }
 
 async fn replace_mdns(
