@@ -416,6 +416,23 @@ pub struct DbArgs {
     /// a permanent database error before it is dead-lettered.
     #[arg(long, env = "CLOUD_SINK_DB_PERMANENT_STRIKES", default_value_t = crate::apply::DEFAULT_PERMANENT_STRIKES)]
     pub db_permanent_strikes: u32,
+    /// The transaction isolation. `serializable` (the default) is what CockroachDB runs; on
+    /// PostgreSQL, `read-committed` is correct too (the write locks its rows) and avoids the
+    /// false serialization conflicts of SERIALIZABLE's predicate locks (docs/cockroachdb.md).
+    #[arg(
+        long,
+        env = "CLOUD_SINK_DB_ISOLATION",
+        value_enum,
+        default_value_t = IsolationArg::Serializable
+    )]
+    pub db_isolation: IsolationArg,
+}
+
+/// `--db-isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    Serializable,
+    ReadCommitted,
 }
 
 #[derive(Debug, Args)]
@@ -537,7 +554,10 @@ impl DbArgs {
             },
             max_pending_runs: self.max_pending_runs.max(1),
             permanent_strikes: self.db_permanent_strikes.max(1),
-            isolation: crate::apply::sql::Isolation::default(),
+            isolation: match self.db_isolation {
+                IsolationArg::Serializable => crate::apply::sql::Isolation::Serializable,
+                IsolationArg::ReadCommitted => crate::apply::sql::Isolation::ReadCommitted,
+            },
         }
     }
 }
@@ -710,6 +730,25 @@ mod tests {
         assert!(cmd(&["reboot"]).is_err());
         assert!(cmd(&["resync"]).is_ok());
         assert!(parse(&["command", "ping"]).is_err(), "--serial is required");
+    }
+
+    #[test]
+    fn the_isolation_is_serializable_unless_read_committed_is_asked_for() {
+        use crate::apply::sql::Isolation;
+        let isolation = |extra: &[&str]| {
+            let mut args = vec!["mqtt", "--database-url", "u"];
+            args.extend_from_slice(extra);
+            let Command::Mqtt(m) = parse(&args).unwrap().command else {
+                panic!("not mqtt")
+            };
+            m.db.options().isolation
+        };
+        assert_eq!(isolation(&[]), Isolation::Serializable);
+        assert_eq!(
+            isolation(&["--db-isolation", "read-committed"]),
+            Isolation::ReadCommitted
+        );
+        assert!(parse(&["mqtt", "--database-url", "u", "--db-isolation", "snapshot"]).is_err());
     }
 
     #[test]
