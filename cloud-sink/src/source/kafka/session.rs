@@ -258,8 +258,9 @@ impl<W: BatchWriter> Session<W> {
         }
     }
 
-    /// Stops `partitions`' workers: each finishes their workers finish the batch in hand within the
-    /// revoke deadline, commits what was written and forgets the rest (stale).
+    /// Stops `partitions`' workers: each finishes the batch in hand within the revoke
+    /// deadline (what its queue still holds is left to the next owner); commits what was
+    /// written and forgets the rest.
     pub(crate) fn revoke(&mut self, consumer: &SinkConsumer<W>, partitions: &[PartitionId]) {
         let deadline = Instant::now() + self.settings.revoke_deadline;
         let mut stopping = Vec::new();
