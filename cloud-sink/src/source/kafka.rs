@@ -24,8 +24,9 @@
 //!   one, a fatal error, and each rebuild fences the other).
 //! - [`run`] is the supervisor: it rebuilds the consumer after a fatal client error, a lost
 //!   worker, or a stall (lag reported while nothing arrives or is being written), with a
-//!   backoff of 3 s to 30 s and jitter. Shutdown stops fetching, drains every channel,
-//!   commits and returns within `shutdown_deadline_ms`.
+//!   backoff of 3 s to 30 s and jitter. Shutdown lets every worker finish the batch in hand
+//!   (nothing more is taken; the rest stays uncommitted for the next reader), commits and
+//!   returns within `shutdown_deadline_ms`.
 
 mod metrics;
 mod partition;
