@@ -221,6 +221,17 @@ fn partition_ids(tpl: &TopicPartitionList) -> Vec<PartitionId> {
 
 impl<W: BatchWriter> Session<W> {
     fn assign(&mut self, consumer: &Arc<SinkConsumer<W>>, partitions: &[PartitionId]) {
+        // Every rebalance ends here (often with nothing new). A commit sent while the group
+        // was rebalancing can be refused (ILLEGAL_GENERATION) without the refusal reaching
+        // `commit_callback` (seen in sink_kafka's group test), so the partitions kept offer
+        // their written offsets again; committing an offset twice is harmless.
+        let now = Instant::now();
+        let kept: Vec<(PartitionId, i64)> = self
+            .lanes
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.tracker.highest_written(id)? + 1)))
+            .collect();
+        self.tracker.commit_failed(&kept, now);
         for id in partitions {
             if self.lanes.contains_key(id) {
                 continue;
