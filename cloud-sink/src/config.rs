@@ -456,6 +456,15 @@ pub struct KafkaArgs {
     pub topics: Vec<String>,
     #[arg(long, env = "CLOUD_SINK_GROUP", default_value = "cloud-sink")]
     pub group: String,
+    /// Static group membership (`group.instance.id`): a member restarted under the same id
+    /// (a crash, a rolling update) gets its partitions back at once instead of after the
+    /// group's session timeout. Give each instance its own stable id, e.g. the StatefulSet
+    /// pod name or the host name when one sink runs per host. Never share an id between
+    /// live instances: the broker fences one (a fatal error) and they keep evicting each
+    /// other. A static member does not leave the group on shutdown, so after a scale-down
+    /// its partitions move after the session timeout. Unset: dynamic membership.
+    #[arg(long, env = "CLOUD_SINK_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
     /// Apply the migrations before consuming (one migrating instance at a time: no locks).
@@ -589,6 +598,11 @@ impl KafkaArgs {
         Ok(KafkaSourceConfig {
             brokers: self.brokers.clone(),
             group_id: self.group.clone(),
+            group_instance_id: self
+                .group_instance_id
+                .as_ref()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty()),
             topics: self.topics.iter().map(|t| t.trim().to_owned()).collect(),
             auto_offset_reset: self.auto_offset_reset.clone(),
             channel_capacity: self.channel_capacity,
@@ -651,6 +665,33 @@ mod tests {
         assert_eq!(c.group_id, "g");
         assert_eq!(c.shutdown_deadline_ms, 9000);
         assert_eq!(c.librdkafka["security.protocol"], "ssl");
+    }
+
+    #[test]
+    fn the_group_instance_id_is_static_membership_only_when_given() {
+        let base = [
+            "kafka",
+            "--brokers",
+            "b",
+            "--topic",
+            "t",
+            "--database-url",
+            "postgresql://x@127.0.0.1/db",
+        ];
+        let Command::Kafka(k) = parse(&base).unwrap().command else {
+            panic!("not kafka")
+        };
+        let c = k.source_config(Duration::from_secs(10)).unwrap();
+        assert_eq!(c.group_instance_id, None, "dynamic membership by default");
+        for (given, expected) in [(" sink-0 ", Some("sink-0")), ("  ", None)] {
+            let mut args = base.to_vec();
+            args.extend(["--group-instance-id", given]);
+            let Command::Kafka(k) = parse(&args).unwrap().command else {
+                panic!("not kafka")
+            };
+            let c = k.source_config(Duration::from_secs(10)).unwrap();
+            assert_eq!(c.group_instance_id.as_deref(), expected, "{given:?}");
+        }
     }
 
     #[test]

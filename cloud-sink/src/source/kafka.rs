@@ -2,22 +2,31 @@
 //! `partition` worker per assigned partition and commits offsets only for batches the
 //! database committed.
 //!
-//! - One poll thread owns the `BaseConsumer` (librdkafka's rebalance callbacks run on it and
-//!   may block there while revoked partitions finish their batch). It routes each record to
-//!   its partition's bounded channel; a full channel parks the record and pauses the
-//!   partition, which resumes when the channel drains to a low-water mark. librdkafka's
-//!   prefetch is capped (`queued.max.messages.kbytes`, `queued.min.messages`), so memory is
-//!   bounded by configuration.
+//! - One poll thread owns the `BaseConsumer` and polls its main queue, which carries only
+//!   events (librdkafka's rebalance callbacks run on it and may block there while revoked
+//!   partitions finish their batch). On assignment, before fetching starts, every partition's
+//!   queue is split off (`split_partition_queue`) and handed to that partition's worker,
+//!   which polls it when its non-empty callback fires. A worker takes records only when no
+//!   write of its own is in flight, so back-pressure is not polling: records wait in
+//!   librdkafka's prefetch, which is capped (`queued.min.messages` per partition,
+//!   `queued.max.messages.kbytes`), so memory is bounded by configuration. Nothing is paused:
+//!   pausing purges the prefetch, and resuming left the fetcher idle until the end of its
+//!   serve window (about 1 s lost per pause; BENCHMARKS.md, issue 4).
 //! - Offsets: `enable.auto.commit=false` and `enable.auto.offset.store=false`. The
 //!   [`OffsetTracker`] is the offset store: a worker reports a batch's last offset after
 //!   `BatchWriter::write` returned `Ok`, and the poll thread commits explicit offsets in
 //!   batches (N records or T time), synchronously on revocation and shutdown. So a commit
 //!   never covers a record the writer did not acknowledge, and its timing is ours, not an
 //!   auto-commit timer's.
+//! - Static membership: with `group_instance_id` set (`group.instance.id`), a member that
+//!   restarts under the same id gets its partitions back at once instead of after the
+//!   group's session timeout; two live members must never share an id (the broker fences
+//!   one, a fatal error, and each rebuild fences the other).
 //! - [`run`] is the supervisor: it rebuilds the consumer after a fatal client error, a lost
 //!   worker, or a stall (lag reported while nothing arrives or is being written), with a
-//!   backoff of 3 s to 30 s and jitter. Shutdown stops fetching, drains every channel,
-//!   commits and returns within `shutdown_deadline_ms`.
+//!   backoff of 3 s to 30 s and jitter. Shutdown lets every worker finish the batch in hand
+//!   (nothing more is taken; the rest stays uncommitted for the next reader), commits and
+//!   returns within `shutdown_deadline_ms`.
 
 mod metrics;
 mod partition;
@@ -40,8 +49,8 @@ use partition::WorkerSettings;
 use session::{LaneSettings, SinkConsumer, SinkContext};
 use supervise::{Backoff, StallWatch};
 
-use crate::record::{BatchWriter, Origin, Raw};
-use crate::worker::{BatchPolicy, CommitPolicy, OffsetTracker};
+use crate::record::BatchWriter;
+use crate::worker::{CommitPolicy, OffsetTracker};
 
 /// librdkafka settings the source's guarantees depend on; `librdkafka` may not override them.
 const RESERVED: &[&str] = &[
@@ -62,12 +71,17 @@ pub struct KafkaSourceConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
     pub group_id: String,
+    /// `group.instance.id` (static membership); `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
     pub topics: Vec<String>,
     /// Where a group without a committed offset starts: `earliest` loses nothing.
     pub auto_offset_reset: String,
-    /// Records buffered per partition between the poll loop and its worker.
+    /// Unused since each worker polls its partition's own queue (records wait in
+    /// librdkafka's prefetch, see `prefetch_messages`); kept so existing settings parse.
     pub channel_capacity: usize,
+    /// The most records one write takes.
     pub batch_max_records: usize,
+    /// Unused: a worker writes what is queued as soon as its previous write returned.
     pub batch_max_wait_ms: u64,
     pub commit_max_records: usize,
     pub commit_interval_ms: u64,
@@ -96,6 +110,7 @@ impl Default for KafkaSourceConfig {
         KafkaSourceConfig {
             brokers: String::new(),
             group_id: "cloud-sink".into(),
+            group_instance_id: None,
             topics: Vec::new(),
             auto_offset_reset: "earliest".into(),
             channel_capacity: 2000,
@@ -146,6 +161,8 @@ enum SessionError {
     Stalled(Duration),
     #[error("a partition worker stopped (the writer is shutting down)")]
     WorkerLost,
+    #[error("a partition's queue could not be split off, or its record reached the main queue")]
+    Split,
     #[error("the poll thread ended without a result")]
     ThreadGone,
 }
@@ -162,8 +179,15 @@ impl KafkaSourceConfig {
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
             return bad("topics must name at least one topic, none empty");
         }
-        if self.channel_capacity == 0 || self.batch_max_records == 0 {
-            return bad("channel_capacity and batch_max_records must be at least 1");
+        if self.batch_max_records == 0 {
+            return bad("batch_max_records must be at least 1");
+        }
+        if self
+            .group_instance_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return bad("group_instance_id is empty");
         }
         if let Some(key) = self
             .librdkafka
@@ -179,8 +203,8 @@ impl KafkaSourceConfig {
 
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        // With a small prefetch the queue is often "full"; librdkafka's default 1 s pause
-        // before the next fetch would then dominate throughput after every resume.
+        // A worker busy writing leaves its partition's prefetch "full"; librdkafka's default
+        // 1 s pause before the next fetch would then dominate throughput.
         c.set("fetch.queue.backoff.ms", "50");
         for (k, v) in &self.librdkafka {
             c.set(k, v);
@@ -204,19 +228,17 @@ impl KafkaSourceConfig {
                 self.statistics_interval_ms.to_string(),
             )
             .set("enable.partition.eof", "false");
+        if let Some(id) = &self.group_instance_id {
+            c.set("group.instance.id", id.trim());
+        }
         c
     }
 
     fn lane_settings(&self) -> LaneSettings {
         LaneSettings {
-            capacity: self.channel_capacity,
-            low_water: self.channel_capacity / 4,
             revoke_deadline: ms(self.revoke_deadline_ms),
             worker: WorkerSettings {
-                batch: BatchPolicy {
-                    max_records: self.batch_max_records,
-                    max_wait: ms(self.batch_max_wait_ms),
-                },
+                batch_max_records: self.batch_max_records,
                 retry_min: ms(self.write_retry_min_ms.max(1)),
                 retry_max: ms(self.write_retry_max_ms.max(self.write_retry_min_ms)),
             },
@@ -319,10 +341,13 @@ fn poll_session<W: BatchWriter>(
         max_wait: ms(config.commit_interval_ms),
     });
     let context = SinkContext::new(config.lane_settings(), tracker, runtime, writer, metrics);
-    let consumer: SinkConsumer<W> = config
-        .client_config()
-        .create_with_context(context)
-        .map_err(|e| Outcome::Fatal(SourceError::Create(e)))?;
+    let consumer: Arc<SinkConsumer<W>> = Arc::new(
+        config
+            .client_config()
+            .create_with_context(context)
+            .map_err(|e| Outcome::Fatal(SourceError::Create(e)))?,
+    );
+    consumer.context().set_consumer(&consumer);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| {
         Outcome::Retry(SessionError::Subscribe {
@@ -332,6 +357,7 @@ fn poll_session<W: BatchWriter>(
     })?;
     let result = poll_loop(&consumer, config, &stop);
     // Dropping the consumer leaves the group; its revocation callback finds no lanes left.
+    // Every worker (and so every partition queue) was joined: this is the last reference.
     drop(consumer);
     result.map_err(Outcome::Retry)
 }
@@ -373,7 +399,11 @@ fn poll_loop<W: BatchWriter>(
                 let offsets = session.tracker.take_commit();
                 session.commit(consumer, offsets, CommitMode::Async);
             }
-            session.pump(consumer);
+            session.pump();
+            if session.split_failed {
+                session.revoke_all(consumer);
+                return Err(SessionError::Split);
+            }
             if session.worker_lost {
                 session.revoke_all(consumer);
                 return Err(SessionError::WorkerLost);
@@ -390,25 +420,21 @@ fn poll_loop<W: BatchWriter>(
         match consumer.poll(POLL_TIMEOUT) {
             None => {}
             Some(Ok(message)) => {
-                stall.progress(Instant::now());
+                // Every assigned partition's queue was split off before fetching began, so
+                // no record should come here. One that does would be written out of order
+                // with its partition's queue: end the session (its offsets are not
+                // committed, so the next session reads it again).
                 let id = PartitionId {
                     topic: message.topic().to_owned(),
                     partition: message.partition(),
                 };
-                let raw = Raw {
-                    // Keys are MQTT topics; a key that is not UTF-8 keeps its bytes visible
-                    // (lossily) for the dead letter it will become.
-                    topic: message
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
-                    payload: message.payload().unwrap_or_default().to_vec(),
-                    origin: Origin::Kafka {
-                        topic: id.topic.clone(),
-                        partition: id.partition,
-                        offset: message.offset(),
-                    },
-                };
-                context.session().route(consumer, id, raw);
+                let mut session = context.session();
+                if session.owns(&id) {
+                    tracing::error!(partition = %id, offset = message.offset(), "a record reached the main queue");
+                    session.revoke_all(consumer);
+                    return Err(SessionError::Split);
+                }
+                KafkaMetrics::add(&context.metrics.stale_dropped, 1);
             }
             Some(Err(e)) => {
                 tracing::debug!(cause = %e, "consumer poll error");

@@ -23,8 +23,10 @@ impl std::fmt::Display for PartitionId {
 /// What the source knows about one assigned partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionGauge {
-    /// Records between the poll loop and the worker: in the channel or parked while paused.
+    /// Records the partition's worker took from its queue and has not written yet (at most
+    /// one batch; the rest waits in librdkafka's bounded prefetch).
     pub buffered: usize,
+    /// Always false: partitions are no longer paused (kept for the metrics' shape).
     pub paused: bool,
     /// Consumer lag from the client's statistics (high watermark minus committed offset).
     pub lag: Option<i64>,
@@ -71,6 +73,8 @@ pub struct KafkaMetricsSnapshot {
     pub write_failures: u64,
     /// Records dropped because their partition was revoked before they were written.
     pub stale_dropped: u64,
+    /// Always 0 since each worker polls its own partition queue (nothing is paused); kept
+    /// so dashboards keep their series.
     pub pauses: u64,
     pub resumes: u64,
     pub commits: u64,
@@ -82,7 +86,7 @@ pub struct KafkaMetricsSnapshot {
     pub stalls: u64,
     /// Fatal client errors (a fenced static member, say); each ends in a rebuild.
     pub fatal_errors: u64,
-    /// The most records ever buffered for one partition (channel plus parked).
+    /// The most records one partition's worker ever held (its largest batch).
     pub buffered_high_water: u64,
     /// Records polled and not yet written or dropped.
     pub in_flight: u64,

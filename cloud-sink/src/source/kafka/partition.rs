@@ -1,17 +1,23 @@
-//! The ordered worker of one partition: takes records from its channel in order, batches
-//! them ([`Batcher`]), hands each batch to the [`BatchWriter`] and reports the batch's last
-//! offset only after the writer committed it.
+//! The ordered worker of one partition. It owns the partition's own librdkafka queue
+//! (`split_partition_queue`), woken by the queue's non-empty callback: it takes what is
+//! queued (up to a batch), hands it to the [`BatchWriter`] at once, and reports the
+//! batch's last offset only after the writer committed it. While a write is in flight
+//! nothing is taken, so records gather in librdkafka's prefetch (bounded by
+//! `queued.min.messages` / `queued.max.messages.kbytes`) and the next batch is larger:
+//! a lone record goes out at once when the partition is idle, batches grow under load,
+//! and back-pressure is simply not polling. Nothing is paused, so nothing is purged.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::Message;
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::metrics::{KafkaMetrics, PartitionId};
 use crate::record::{BatchWriter, Origin, Raw, WriteError};
-use crate::worker::{BatchPolicy, Batcher};
 
 /// A batch the database committed: its offsets may go to Kafka.
 #[derive(Debug)]
@@ -23,7 +29,8 @@ pub(crate) struct Written {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkerSettings {
-    pub batch: BatchPolicy,
+    /// The most records one write takes.
+    pub batch_max_records: usize,
     /// Delay before writing a batch again after the writer gave up on it; doubles to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -32,40 +39,50 @@ pub(crate) struct WorkerSettings {
 /// Why a worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WorkerExit {
-    /// Its channel closed and everything in it was written (shutdown).
+    /// Shutdown: the batch in hand was written; what is still queued in librdkafka is not
+    /// committed and goes to the partition's next reader.
     Drained,
-    /// The partition was revoked; the batch in hand was written (or given up), the rest dropped.
+    /// The partition was revoked; the batch in hand was written (or given up), the rest left.
     Revoked,
     /// The writer is shutting down.
     WriterStopped,
 }
 
-pub(crate) struct PartitionWorker<W> {
+/// A lost wake-up (none is expected) costs at most this much latency.
+const REPOLL: Duration = Duration::from_millis(100);
+
+pub(crate) struct PartitionWorker<W, C: ConsumerContext + 'static> {
     pub partition: PartitionId,
-    pub records: mpsc::Receiver<Raw>,
+    pub queue: PartitionQueue<C>,
+    /// Notified by the queue's non-empty callback.
+    pub wake: Arc<Notify>,
     pub revoked: watch::Receiver<bool>,
+    /// Shutdown: finish the batch in hand, take nothing more.
+    pub draining: watch::Receiver<bool>,
     pub writer: Arc<W>,
     pub settings: WorkerSettings,
     pub reports: mpsc::UnboundedSender<Written>,
     pub metrics: Arc<KafkaMetrics>,
+    /// Records taken from the queue and not written yet (the partition's `buffered` gauge).
+    pub in_hand: Arc<AtomicUsize>,
 }
 
-/// What a worker holds that is not written yet; dropping it (also when the task is aborted
-/// at a deadline) accounts those records as dropped, so the in-flight gauge stays true.
+/// Records taken and not written yet; dropping it (also when the task is aborted at a
+/// deadline) accounts them as dropped, so the in-flight gauge stays true.
 struct Held {
-    records: mpsc::Receiver<Raw>,
-    batcher: Batcher,
-    in_hand: usize,
+    in_hand: Arc<AtomicUsize>,
     metrics: Arc<KafkaMetrics>,
+}
+
+impl Held {
+    fn set(&self, n: usize) {
+        self.in_hand.store(n, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.records.close();
-        let mut dropped = self.in_hand + self.batcher.len();
-        while self.records.try_recv().is_ok() {
-            dropped += 1;
-        }
+        let dropped = self.in_hand.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             KafkaMetrics::add(&self.metrics.stale_dropped, dropped as u64);
             self.metrics
@@ -75,21 +92,24 @@ impl Drop for Held {
     }
 }
 
-impl<W: BatchWriter> PartitionWorker<W> {
+impl<W: BatchWriter, C: ConsumerContext + 'static> PartitionWorker<W, C> {
     pub async fn run(self) -> WorkerExit {
         let PartitionWorker {
             partition,
-            records,
+            mut queue,
+            wake,
             mut revoked,
+            mut draining,
             writer,
             settings,
             reports,
             metrics,
+            in_hand,
         } = self;
-        let mut held = Held {
-            records,
-            batcher: Batcher::new(settings.batch),
-            in_hand: 0,
+        let notify = wake.clone();
+        queue.set_nonempty_callback(move || notify.notify_one());
+        let held = Held {
+            in_hand,
             metrics: metrics.clone(),
         };
         let ctx = WriteCtx {
@@ -99,71 +119,71 @@ impl<W: BatchWriter> PartitionWorker<W> {
             reports: &reports,
             metrics: &metrics,
         };
+        let max = settings.batch_max_records.max(1);
         loop {
-            let due = held.batcher.due_at().map(Instant::from_std);
-            tokio::select! {
-                biased;
-                _ = revoked.changed() => {
-                    // The batch in hand is in-flight work: finish it; what is still queued
-                    // is stale and the partition's next owner reads it again.
-                    let batch = held.batcher.take();
-                    held.in_hand = batch.len();
-                    return match ctx.write(batch, Some(&mut revoked)).await {
-                        Write::Committed => {
-                            held.in_hand = 0;
-                            WorkerExit::Revoked
-                        }
-                        Write::GaveUp => WorkerExit::Revoked,
-                        Write::Stopped => WorkerExit::WriterStopped,
-                    };
-                }
-                next = held.records.recv() => match next {
-                    Some(raw) => {
-                        held.batcher.push(raw, std::time::Instant::now());
-                        // Take what is already queued without another trip through select.
-                        while !held.batcher.is_full() {
-                            match held.records.try_recv() {
-                                Ok(raw) => held.batcher.push(raw, std::time::Instant::now()),
-                                Err(_) => break,
-                            }
-                        }
-                        if !held.batcher.is_full() {
-                            continue;
-                        }
-                    }
-                    None => {
-                        let batch = held.batcher.take();
-                        held.in_hand = batch.len();
-                        return match ctx.write(batch, None).await {
-                            Write::Committed => {
-                                held.in_hand = 0;
-                                WorkerExit::Drained
-                            }
-                            Write::GaveUp => WorkerExit::Revoked,
-                            Write::Stopped => WorkerExit::WriterStopped,
-                        };
-                    }
-                },
-                _ = sleep_until(due), if due.is_some() => {}
+            if *revoked.borrow() {
+                return WorkerExit::Revoked;
             }
-            if held.batcher.ready(std::time::Instant::now()) {
-                let batch = held.batcher.take();
-                held.in_hand = batch.len();
-                match ctx.write(batch, Some(&mut revoked)).await {
-                    Write::Committed => held.in_hand = 0,
-                    Write::GaveUp => return WorkerExit::Revoked,
-                    Write::Stopped => return WorkerExit::WriterStopped,
+            if *draining.borrow() {
+                return WorkerExit::Drained;
+            }
+            let batch = take(&queue, &partition, max);
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = revoked.changed() => return WorkerExit::Revoked,
+                    _ = draining.changed() => return WorkerExit::Drained,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(REPOLL) => {}
                 }
+                continue;
+            }
+            let n = batch.len();
+            KafkaMetrics::add(&metrics.records_received, n as u64);
+            KafkaMetrics::add(&metrics.in_flight, n as u64);
+            metrics
+                .buffered_high_water
+                .fetch_max(n as u64, Ordering::Relaxed);
+            held.set(n);
+            match ctx.write(batch, &mut revoked).await {
+                Write::Committed => held.set(0),
+                Write::GaveUp => return WorkerExit::Revoked,
+                Write::Stopped => return WorkerExit::WriterStopped,
             }
         }
     }
 }
 
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
+/// Takes up to `max` records from the partition's queue without waiting.
+fn take<C: ConsumerContext>(
+    queue: &PartitionQueue<C>,
+    partition: &PartitionId,
+    max: usize,
+) -> Vec<Raw> {
+    let mut batch = Vec::new();
+    while batch.len() < max {
+        match queue.poll(Duration::ZERO) {
+            None => break,
+            Some(Ok(message)) => batch.push(Raw {
+                // Keys are MQTT topics; a key that is not UTF-8 keeps its bytes visible
+                // (lossily) for the dead letter it will become.
+                topic: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                origin: Origin::Kafka {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    offset: message.offset(),
+                },
+            }),
+            Some(Err(e)) => {
+                tracing::debug!(partition = %partition, cause = %e, "partition poll error");
+                break;
+            }
+        }
     }
+    batch
 }
 
 struct WriteCtx<'a, W> {
@@ -184,13 +204,10 @@ enum Write {
 }
 
 impl<W: BatchWriter> WriteCtx<'_, W> {
-    /// Writes `batch` until the writer commits it; a revocation (when `revoked` is given)
-    /// ends the retries, leaving the batch to the partition's next owner.
-    async fn write(
-        &self,
-        batch: Vec<Raw>,
-        mut revoked: Option<&mut watch::Receiver<bool>>,
-    ) -> Write {
+    /// Writes `batch` until the writer commits it; a revocation ends the retries, leaving
+    /// the batch to the partition's next owner. (A shutdown keeps retrying until the
+    /// session's deadline aborts the worker.)
+    async fn write(&self, batch: Vec<Raw>, revoked: &mut watch::Receiver<bool>) -> Write {
         let Some(last_offset) = batch.iter().rev().find_map(kafka_offset) else {
             return Write::Committed;
         };
@@ -233,14 +250,12 @@ impl<W: BatchWriter> WriteCtx<'_, W> {
                             "batch not written; retrying it, offsets wait"
                         );
                     }
-                    match revoked.as_deref_mut() {
-                        Some(revoked) => {
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = revoked.changed() => return Write::GaveUp,
-                            }
-                        }
-                        None => tokio::time::sleep(delay).await,
+                    if *revoked.borrow() {
+                        return Write::GaveUp;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = revoked.changed() => return Write::GaveUp,
                     }
                     delay = (delay * 2).min(self.settings.retry_max);
                 }

@@ -1,10 +1,11 @@
-//! One consumer's session: the per-partition lanes (bounded channel, parked records,
-//! worker task), the offset tracker, and the librdkafka callbacks that drive them on
-//! rebalance. Everything here runs on the poll thread, the consumer's only owner.
+//! One consumer's session: the per-partition lanes (a worker task polling the partition's
+//! own librdkafka queue), the offset tracker, and the librdkafka callbacks that drive them
+//! on rebalance. Everything here runs on the poll thread, which owns the consumer; the
+//! workers hold it only through their partition queues and are joined before it is dropped.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -12,44 +13,27 @@ use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::metrics::{KafkaMetrics, PartitionId};
 use super::partition::{PartitionWorker, WorkerExit, WorkerSettings, Written};
-use crate::record::{BatchWriter, Raw};
+use crate::record::BatchWriter;
 use crate::worker::OffsetTracker;
 
 /// Sizes and deadlines a session works with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LaneSettings {
-    pub capacity: usize,
-    /// A paused partition resumes once its channel holds no more than this.
-    pub low_water: usize,
     pub revoke_deadline: Duration,
     pub worker: WorkerSettings,
 }
 
 struct Lane {
-    /// `None` once closed for the shutdown drain.
-    tx: Option<mpsc::Sender<Raw>>,
-    /// Records polled while the channel was full; the partition is paused meanwhile.
-    parked: VecDeque<Raw>,
-    paused: bool,
+    /// Records the worker took and has not written yet.
+    in_hand: Arc<AtomicUsize>,
     /// Kept alive until the worker is joined: dropping it reads as a revocation.
     revoke: watch::Sender<bool>,
     task: JoinHandle<WorkerExit>,
-}
-
-impl Lane {
-    fn buffered(&self, capacity: usize) -> usize {
-        let queued = self
-            .tx
-            .as_ref()
-            .map_or(0, |tx| capacity.saturating_sub(tx.capacity()));
-        queued + self.parked.len()
-    }
 }
 
 pub(crate) struct Session<W> {
@@ -63,15 +47,21 @@ pub(crate) struct Session<W> {
     metrics: Arc<KafkaMetrics>,
     /// A worker ended on its own (the writer stopped): the session must end.
     pub(crate) worker_lost: bool,
+    /// An assigned partition's queue could not be split off: the session must end.
+    pub(crate) split_failed: bool,
+    /// Set at shutdown: every worker finishes the batch in hand and ends.
+    draining: watch::Sender<bool>,
 }
 
 /// The consumer's context: librdkafka's callbacks reach the session through it.
-pub(crate) struct SinkContext<W> {
+pub(crate) struct SinkContext<W: BatchWriter> {
     session: Mutex<Session<W>>,
     pub(crate) metrics: Arc<KafkaMetrics>,
     /// Total lag from the latest statistics, `i64::MIN` once read.
     lag: AtomicI64,
     failed_commits: Mutex<Vec<(PartitionId, i64)>>,
+    /// The consumer itself, for splitting partition queues off in the assign callback.
+    consumer: OnceLock<Weak<SinkConsumer<W>>>,
 }
 
 pub(crate) type SinkConsumer<W> = BaseConsumer<SinkContext<W>>;
@@ -96,11 +86,19 @@ impl<W: BatchWriter> SinkContext<W> {
                 writer,
                 metrics: metrics.clone(),
                 worker_lost: false,
+                split_failed: false,
+                draining: watch::channel(false).0,
             }),
             metrics,
             lag: AtomicI64::new(i64::MIN),
             failed_commits: Mutex::new(Vec::new()),
+            consumer: OnceLock::new(),
         }
+    }
+
+    /// Must be called before subscribing: the assign callback splits queues off it.
+    pub fn set_consumer(&self, consumer: &Arc<SinkConsumer<W>>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
     }
 
     /// Never held across `poll`: the rebalance callbacks take it.
@@ -166,21 +164,25 @@ impl<W: BatchWriter> ClientContext for SinkContext<W> {
 impl<W: BatchWriter> ConsumerContext for SinkContext<W> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            // Before librdkafka starts fetching them: no record of theirs reaches the main
+            // queue.
+            Rebalance::Assign(tpl) => {
+                let partitions = partition_ids(tpl);
+                tracing::info!(partitions = ?partitions, "partitions assigned");
+                match self.consumer.get().and_then(Weak::upgrade) {
+                    Some(consumer) => self.session().assign(&consumer, &partitions),
+                    None => {
+                        tracing::error!("assigned partitions before the consumer was known");
+                        self.session().split_failed = true;
+                    }
+                }
+            }
             Rebalance::Revoke(tpl) => {
                 let partitions = partition_ids(tpl);
                 tracing::info!(partitions = ?partitions, "partitions revoked");
                 self.session().revoke(consumer, &partitions);
             }
-            Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(cause = %e, "rebalance error"),
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = partition_ids(tpl);
-            tracing::info!(partitions = ?partitions, "partitions assigned");
-            self.session().assign(&partitions);
         }
     }
 
@@ -217,36 +219,47 @@ fn partition_ids(tpl: &TopicPartitionList) -> Vec<PartitionId> {
         .collect()
 }
 
-fn one_partition(id: &PartitionId) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&id.topic, id.partition);
-    tpl
-}
-
 impl<W: BatchWriter> Session<W> {
-    fn assign(&mut self, partitions: &[PartitionId]) {
+    fn assign(&mut self, consumer: &Arc<SinkConsumer<W>>, partitions: &[PartitionId]) {
+        // Every rebalance ends here (often with nothing new). A commit sent while the group
+        // was rebalancing can be refused (ILLEGAL_GENERATION) without the refusal reaching
+        // `commit_callback` (seen in sink_kafka's group test), so the partitions kept offer
+        // their written offsets again; committing an offset twice is harmless.
+        let now = Instant::now();
+        let kept: Vec<(PartitionId, i64)> = self
+            .lanes
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.tracker.highest_written(id)? + 1)))
+            .collect();
+        self.tracker.commit_failed(&kept, now);
         for id in partitions {
             if self.lanes.contains_key(id) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(self.settings.capacity.max(1));
+            let Some(queue) = consumer.split_partition_queue(&id.topic, id.partition) else {
+                tracing::error!(partition = %id, "the partition's queue could not be split off");
+                self.split_failed = true;
+                continue;
+            };
             let (revoke, revoked) = watch::channel(false);
+            let in_hand = Arc::new(AtomicUsize::new(0));
             let worker = PartitionWorker {
                 partition: id.clone(),
-                records: rx,
+                queue,
+                wake: Arc::new(Notify::new()),
                 revoked,
+                draining: self.draining.subscribe(),
                 writer: self.writer.clone(),
                 settings: self.settings.worker,
                 reports: self.reports_tx.clone(),
                 metrics: self.metrics.clone(),
+                in_hand: in_hand.clone(),
             };
             let task = self.runtime.spawn(worker.run());
             self.lanes.insert(
                 id.clone(),
                 Lane {
-                    tx: Some(tx),
-                    parked: VecDeque::new(),
-                    paused: false,
+                    in_hand,
                     revoke,
                     task,
                 },
@@ -256,14 +269,14 @@ impl<W: BatchWriter> Session<W> {
         }
     }
 
-    /// Stops routing to `partitions`, lets their workers finish the batch in hand within the
-    /// revoke deadline, commits what was written and forgets the rest (stale).
+    /// Stops `partitions`' workers: each finishes the batch in hand within the revoke
+    /// deadline (what its queue still holds is left to the next owner); commits what was
+    /// written and forgets the rest.
     pub(crate) fn revoke(&mut self, consumer: &SinkConsumer<W>, partitions: &[PartitionId]) {
         let deadline = Instant::now() + self.settings.revoke_deadline;
         let mut stopping = Vec::new();
         for id in partitions {
-            if let Some(mut lane) = self.lanes.remove(id) {
-                self.drop_parked(&mut lane);
+            if let Some(lane) = self.lanes.remove(id) {
                 lane.revoke.send_replace(true);
                 stopping.push(lane);
             }
@@ -290,32 +303,12 @@ impl<W: BatchWriter> Session<W> {
         self.revoke(consumer, &all);
     }
 
-    /// Shutdown: hands the parked records to the workers, closes every channel so the
-    /// workers write all they were given, waits for them until `deadline`, commits.
+    /// Shutdown: every worker finishes the batch in hand (records still in librdkafka's
+    /// queue were never taken and go to the partition's next reader); waits for them until
+    /// `deadline`, commits.
     pub(crate) fn drain(&mut self, consumer: &SinkConsumer<W>, deadline: Instant) {
-        let runtime = self.runtime.clone();
-        let tokio_deadline = tokio::time::Instant::from_std(deadline);
-        for lane in self.lanes.values_mut() {
-            let Some(tx) = lane.tx.take() else { continue };
-            runtime.block_on(async {
-                while let Some(raw) = lane.parked.pop_front() {
-                    match tokio::time::timeout_at(tokio_deadline, tx.send(raw)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(mpsc::error::SendError(raw))) => {
-                            lane.parked.push_front(raw);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-            });
-        }
-        let lanes: Vec<Lane> = self.lanes.drain().map(|(_, lane)| lane).collect();
-        let mut stopping = Vec::with_capacity(lanes.len());
-        for mut lane in lanes {
-            self.drop_parked(&mut lane);
-            stopping.push(lane);
-        }
+        self.draining.send_replace(true);
+        let stopping: Vec<Lane> = self.lanes.drain().map(|(_, lane)| lane).collect();
         self.join(stopping, deadline);
         self.absorb_reports(Instant::now());
         let offsets = self.tracker.take_commit();
@@ -349,90 +342,23 @@ impl<W: BatchWriter> Session<W> {
         self.worker_lost |= lost;
     }
 
-    fn drop_parked(&self, lane: &mut Lane) {
-        let n = lane.parked.len() as u64;
-        lane.parked.clear();
-        if n > 0 {
-            KafkaMetrics::add(&self.metrics.stale_dropped, n);
-            self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
-        }
-    }
-
-    /// Hands a polled record to its partition's worker, parking it and pausing the
-    /// partition when the channel is full. Records of a partition not (or no longer)
-    /// assigned are stale and dropped.
-    pub(crate) fn route(&mut self, consumer: &SinkConsumer<W>, id: PartitionId, raw: Raw) {
-        let capacity = self.settings.capacity;
-        let Some(lane) = self.lanes.get_mut(&id) else {
-            KafkaMetrics::add(&self.metrics.stale_dropped, 1);
-            return;
-        };
-        KafkaMetrics::add(&self.metrics.records_received, 1);
-        KafkaMetrics::add(&self.metrics.in_flight, 1);
-        if lane.paused || !lane.parked.is_empty() {
-            lane.parked.push_back(raw);
-        } else if let Some(tx) = &lane.tx {
-            match tx.try_send(raw) {
-                Ok(()) => {}
-                Err(TrySendError::Full(raw)) => lane.parked.push_back(raw),
-                Err(TrySendError::Closed(raw)) => {
-                    lane.parked.push_back(raw);
-                    self.worker_lost = true;
-                }
-            }
-        }
-        if !lane.paused && !lane.parked.is_empty() {
-            match consumer.pause(&one_partition(&id)) {
-                Ok(()) => {
-                    lane.paused = true;
-                    KafkaMetrics::add(&self.metrics.pauses, 1);
-                }
-                Err(e) => tracing::warn!(partition = %id, cause = %e, "pause failed"),
-            }
-        }
-        let buffered = lane.buffered(capacity) as u64;
-        self.metrics
-            .buffered_high_water
-            .fetch_max(buffered, Ordering::Relaxed);
-    }
-
-    /// Moves parked records into channels that have room and resumes partitions whose
-    /// channel drained to the low-water mark.
-    pub(crate) fn pump(&mut self, consumer: &SinkConsumer<W>) {
-        let capacity = self.settings.capacity;
+    /// Notices workers that ended on their own and refreshes the partition gauges.
+    pub(crate) fn pump(&mut self) {
         let mut gauges = self.metrics.gauges();
-        for (id, lane) in &mut self.lanes {
-            if let Some(tx) = &lane.tx {
-                while let Some(raw) = lane.parked.pop_front() {
-                    match tx.try_send(raw) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(raw)) => {
-                            lane.parked.push_front(raw);
-                            break;
-                        }
-                        Err(TrySendError::Closed(raw)) => {
-                            lane.parked.push_front(raw);
-                            self.worker_lost = true;
-                            break;
-                        }
-                    }
-                }
-                let queued = capacity.saturating_sub(tx.capacity());
-                if lane.paused && lane.parked.is_empty() && queued <= self.settings.low_water {
-                    match consumer.resume(&one_partition(id)) {
-                        Ok(()) => {
-                            lane.paused = false;
-                            KafkaMetrics::add(&self.metrics.resumes, 1);
-                        }
-                        Err(e) => tracing::warn!(partition = %id, cause = %e, "resume failed"),
-                    }
-                }
+        for (id, lane) in &self.lanes {
+            if lane.task.is_finished() {
+                self.worker_lost = true;
             }
             if let Some(gauge) = gauges.get_mut(id) {
-                gauge.buffered = lane.buffered(capacity);
-                gauge.paused = lane.paused;
+                gauge.buffered = lane.in_hand.load(Ordering::Relaxed);
             }
         }
+    }
+
+    /// Whether a record of `id` polled from the main queue belongs to a live lane (it
+    /// should not exist: the partition's queue was split off before fetching began).
+    pub(crate) fn owns(&self, id: &PartitionId) -> bool {
+        self.lanes.contains_key(id)
     }
 
     /// Feeds the workers' reports into the tracker; returns how many records they cover.

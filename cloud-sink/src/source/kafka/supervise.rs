@@ -48,7 +48,7 @@ pub fn jitter() -> f64 {
 /// Detects the consumer that has silently stopped fetching (librdkafka can leave the group
 /// with only a log line): the broker reports lag, yet nothing arrives and nothing is
 /// buffered or being written for `stall_after`. A slow database is not a stall: its records
-/// sit in the channels.
+/// are in flight.
 #[derive(Debug, Clone)]
 pub struct StallWatch {
     stall_after: Duration,
