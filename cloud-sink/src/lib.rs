@@ -11,7 +11,9 @@
 //!   `migrations/`.
 //! - [`worker`]: ordered batching per partition or lane and offset tracking (takes `now`).
 //! - [`source`]: [`source::kafka::run`], the Kafka consumer group (cooperative-sticky, one
-//!   ordered worker per partition, pause/resume, offsets committed only after the batch's
+//!   ordered worker per partition polling its own split-off queue only when it has no write
+//!   in flight: back-pressure without pause/resume; optional static membership
+//!   (`--group-instance-id`), offsets committed only after the batch's
 //!   transaction, revocation within a deadline, a supervisor that rebuilds the consumer), and
 //!   [`source::mqtt::run`], the MQTT v5 source (persistent session, topics hashed onto ordered
 //!   lanes, acks in arrival order only after the batch committed).
