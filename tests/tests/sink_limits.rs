@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cloud_sink::apply::{Db, DbOptions, RetryPolicy};
 use cloud_sink::record::{Origin, Raw};
@@ -18,6 +18,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Row;
+
+mod sink_support;
+use sink_support::wait_until;
 
 const CAP: usize = 8;
 const WAIT: Duration = Duration::from_secs(120);
@@ -455,19 +458,6 @@ async fn produce(kafka: &Kafka, records: &[Raw]) -> Vec<i64> {
     offsets
 }
 
-async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("{what}: not reached within {WAIT:?}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moves_on_past_a_record_the_database_refuses_permanently() {
     let kafka = Kafka::start().unwrap();
@@ -526,9 +516,10 @@ async fn a_partition_moves_on_past_a_record_the_database_refuses_permanently() {
     let end = offsets.last().copied().unwrap_or(poison_offset) + 1;
 
     let want: BTreeSet<uuid::Uuid> = later.iter().map(|id| *id.as_uuid()).collect();
-    wait_for(
+    wait_until(
         "the records behind the refused one are written",
-        async || {
+        WAIT,
+        || async {
             let got = stored_sessions(&db, &serial).await;
             (got == want)
                 .then_some(())
@@ -547,12 +538,16 @@ async fn a_partition_moves_on_past_a_record_the_database_refuses_permanently() {
         letters[0].2.contains("device_sessions_by_vendor"),
         "{letters:?}"
     );
-    wait_for("the partition's offsets committed to its end", async || {
-        let at = committed(&kafka, group);
-        (at == end)
-            .then_some(())
-            .ok_or(format!("committed {at}, end {end}"))
-    })
+    wait_until(
+        "the partition's offsets committed to its end",
+        WAIT,
+        || async {
+            let at = committed(&kafka, group);
+            (at == end)
+                .then_some(())
+                .ok_or(format!("committed {at}, end {end}"))
+        },
+    )
     .await;
     let metrics = sink.metrics().expect("reading /metrics");
     assert_eq!(sum(&metrics, "cloud_sink_permanent_rejections_total"), 1.0);
